@@ -1,0 +1,56 @@
+# isonode: `make run` starts the appliance on the embedded defaults, `make test` runs the whole suite.
+# Everything is installed on demand: Python packages into .venv, Debian packages with apt-get when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export TCP_NODELAY := 1
+
+.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda
+
+$(VENV)/.stamp-base: pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp-test
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
+# Debian packages the appliance or its tests use; installed only when a tool is missing.
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium libusb-1.0-0
+system-deps:
+	@missing=0; \
+	for tool in storescu echoscu findscu movescu getscu storescp dciodvfy Orthanc chromium; do \
+	  command -v $$tool >/dev/null 2>&1 || missing=1; \
+	done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+run: $(VENV)/.stamp-base
+	$(VENV)/bin/isonode serve --config firmware_config/isonode.yaml
+
+test: system-deps $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+# The default suite minus the tests marked slow.
+test-fast: system-deps $(VENV)/.stamp-test
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check .
+
+bench: system-deps $(VENV)/.stamp-bench
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build var *.egg-info

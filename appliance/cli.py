@@ -1,0 +1,150 @@
+"""The `isonode` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from appliance.config import ConfigError, load_config, with_overrides
+from dicom_node.logfmt import configure_logging
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: firmware_config/isonode.yaml)")
+    p.add_argument("--data-dir", type=Path, default=None, help="override storage.data_dir")
+
+
+def _config(args: argparse.Namespace):  # noqa: ANN202 - AppConfig, imported lazily above
+    config = load_config(args.config)
+    return with_overrides(config, port=getattr(args, "port", None), data_dir=args.data_dir)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from appliance.node import DataDirLockedError, serve
+
+    config = _config(args)
+    configure_logging(config.logging.level)
+    try:
+        return serve(config)
+    except DataDirLockedError as exc:
+        print(f"isonode: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"isonode: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: OK (AE {config.node.ae_title} on {config.node.bind_address}:{config.node.port},"
+          f" data in {config.data_dir})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from appliance.status import collect_status
+
+    status = collect_status(_config(args))
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    print(f"data dir:   {status['data_dir']}")
+    print(f"stored:     {status['instances']} instances in {status['series']} series, {status['studies']} studies"
+          f" ({status['stored_bytes'] / 1e6:.1f} MB; {status['free_bytes'] / 1e9:.1f} GB free)")
+    print(f"receiving:  {status['series_receiving']} series")
+    print("jobs:       " + ", ".join(f"{k} {v}" for k, v in status["jobs"].items()))
+    for job in status["failed_jobs"]:
+        print(f"  failed job {job['id']} series {job['series']} v{job['version']}: {job['error']}")
+    return 0
+
+
+def _cmd_series_complete(args: argparse.Namespace) -> int:
+    from appliance.completion import SeriesCompletion
+    from appliance.jobs import JobQueue
+    from dicom_node.database import Database
+    from dicom_node.index import InstanceIndex
+
+    config = _config(args)
+    db = Database(config.database_path)
+    index = InstanceIndex(db)
+    jobs = JobQueue(db, max_attempts=config.processing.max_attempts)
+    version = SeriesCompletion(index, jobs, config.series).complete_now(args.series_uid)
+    if version is None:
+        print(f"isonode: series {args.series_uid} has no version receiving instances", file=sys.stderr)
+        return 1
+    print(f"series {args.series_uid} version {version} complete; job queued")
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from appliance.jobs import JobQueue
+    from dicom_node.database import Database
+
+    jobs = JobQueue(Database(_config(args).database_path))
+    if args.jobs_command == "retry":
+        if not jobs.retry(args.job_id):
+            print(f"isonode: job {args.job_id} is not failed", file=sys.stderr)
+            return 1
+        print(f"job {args.job_id} queued again")
+        return 0
+    for job in jobs.list(state=args.state, limit=args.limit):
+        print(f"{job.id:6d} {job.state:8s} {job.mode:8s} attempts {job.attempts}/{job.max_attempts}"
+              f" series {job.series_uid} v{job.series_version}" + (f"  {job.last_error}" if job.last_error else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isonode", description="isonode CT edge inference appliance")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the DICOM node and the processing workers (foreground)")
+    _add_common(serve)
+    serve.add_argument("--port", type=int, default=None, help="override node.port")
+    serve.set_defaults(func=_cmd_serve)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and name any wrong key")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_cmd_config_check)
+
+    status = sub.add_parser("status", help="what is stored, queued and failed")
+    _add_common(status)
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=_cmd_status)
+
+    series = sub.add_parser("series", help="series operations")
+    series_sub = series.add_subparsers(dest="series_command", required=True)
+    complete = series_sub.add_parser("complete", help="complete a receiving series now and queue its job")
+    _add_common(complete)
+    complete.add_argument("series_uid")
+    complete.set_defaults(func=_cmd_series_complete)
+
+    jobs = sub.add_parser("jobs", help="job queue")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_list = jobs_sub.add_parser("list", help="recent jobs")
+    _add_common(jobs_list)
+    jobs_list.add_argument("--state", choices=["queued", "running", "done", "failed"])
+    jobs_list.add_argument("--limit", type=int, default=50)
+    jobs_list.set_defaults(func=_cmd_jobs)
+    jobs_retry = jobs_sub.add_parser("retry", help="queue a failed job again")
+    _add_common(jobs_retry)
+    jobs_retry.add_argument("job_id", type=int)
+    jobs_retry.set_defaults(func=_cmd_jobs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

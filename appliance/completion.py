@@ -1,0 +1,58 @@
+"""Series completion: turning a series that stopped receiving into a processing job.
+
+DICOM has no "end of series" message, so a series is complete after an idle time (per route), or when an
+operator says so. Completion and enqueue happen in one transaction: a crash cannot complete a series
+without its job, or queue a job twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from appliance.config import SeriesConfig
+from appliance.jobs import PROCESS_SERIES, JobQueue
+from dicom_node.index import InstanceIndex, SeriesVersion
+from dicom_node.logfmt import log_event
+
+logger = logging.getLogger(__name__)
+
+
+class SeriesCompletion:
+    def __init__(self, index: InstanceIndex, jobs: JobQueue, config: SeriesConfig, modes: tuple[str, ...] = ("full",)):
+        self.index = index
+        self.jobs = jobs
+        self.config = config
+        self.modes = modes
+
+    def _complete(self, sv: SeriesVersion, reason: str, now: float) -> bool:
+        with self.index.db.transaction() as conn:
+            if not InstanceIndex.mark_complete(conn, sv.series_uid, sv.version, reason, now):
+                return False
+            job_ids = []
+            if sv.image_count > 0:
+                for mode in self.modes:
+                    job_ids.append(JobQueue.enqueue_in(
+                        conn, kind=PROCESS_SERIES, series_uid=sv.series_uid, series_version=sv.version, mode=mode,
+                        max_attempts=self.jobs.max_attempts, now=now))
+        log_event(logger, "series.complete", series=sv.series_uid, version=sv.version, reason=reason,
+                  instances=sv.instance_count, images=sv.image_count, jobs=job_ids,
+                  note=None if sv.image_count else "no processable CT images: stored only")
+        return True
+
+    def complete_idle(self, now: float | None = None) -> list[tuple[str, int]]:
+        """Complete every receiving series whose idle time has passed; the (series, version) completed."""
+        now = time.time() if now is None else now
+        done = []
+        for sv in self.index.receiving_series():
+            timeout = self.config.timeout_for(sv.calling_ae, sv.called_ae)
+            if now - sv.last_received_at >= timeout and self._complete(sv, f"idle {timeout:g} s", now):
+                done.append((sv.series_uid, sv.version))
+        return done
+
+    def complete_now(self, series_uid: str) -> int | None:
+        """Operator action: complete the series' receiving version at once; its version, or None."""
+        sv = self.index.latest_version(series_uid)
+        if sv is None or sv.state != "receiving":
+            return None
+        return sv.version if self._complete(sv, "operator", time.time()) else None

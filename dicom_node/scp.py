@@ -1,0 +1,281 @@
+"""The node's DICOM service provider: C-ECHO and C-STORE (pynetdicom).
+
+The C-STORE handler is the durability boundary: it answers Success only after the instance is fsynced,
+renamed into the spool and indexed. Everything that can go wrong with a peer's data ends in a failure
+status with an Error Comment and one log line; no exception escapes to pynetdicom.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_node import status
+from dicom_node.index import InstanceIndex, InstanceRecord
+from dicom_node.logfmt import log_event
+from dicom_node.pixels import TRANSFER_SYNTAXES_ACCEPTED, PixelDecodeError, check_decodable
+from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
+from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, store_durably
+
+logger = logging.getLogger(__name__)
+
+# pynetdicom's network reactor sleeps this long between polls when idle (default 1 ms). Shorter polls cut the
+# per-instance latency of a synchronous C-STORE stream by ~20% (measured: 138 -> 170 MB/s, no fsync).
+DUL_POLL_INTERVAL_S = 0.0002
+
+
+@dataclass(frozen=True)
+class PeerRule:
+    """One allowed peer: an AE title and/or an address or network (CIDR). An unset part matches anything."""
+
+    ae_title: str | None = None
+    network: str | None = None
+
+    def matches(self, ae_title: str, address: str) -> bool:
+        if self.ae_title is not None and self.ae_title.strip() != ae_title.strip():
+            return False
+        if self.network is not None:
+            try:
+                return ipaddress.ip_address(address) in ipaddress.ip_network(self.network, strict=False)
+            except ValueError:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class ScpSettings:
+    ae_title: str = "ISONODE"
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    max_pdu_size: int = 131072
+    allowed_peers: tuple[PeerRule, ...] = ()
+    min_free_bytes: int = 1 << 30
+    fsync: bool = True
+    maximum_associations: int = 16
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: int
+    reason: str = ""
+
+
+@dataclass
+class _AssociationStats:
+    calling_ae: str
+    address: str
+    statuses: Counter[int] = field(default_factory=Counter)
+
+
+class StorageScp:
+    """Accepts associations, verifies and durably stores instances, indexes them."""
+
+    def __init__(self, settings: ScpSettings, spool: SpoolLayout, index: InstanceIndex) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.index = index
+        self._ae = self._build_ae()
+        self._server: Any = None
+        self._stats: dict[int, _AssociationStats] = {}
+        self._stats_lock = threading.Lock()
+
+    def _build_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.maximum_associations = s.maximum_associations
+        ae.acse_timeout = s.acse_timeout_s
+        ae.dimse_timeout = s.dimse_timeout_s
+        ae.network_timeout = s.network_timeout_s
+        ae.require_called_aet = True
+        ae.add_supported_context(Verification)
+        for sop_class in ACCEPTED_STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES_ACCEPTED))
+        return ae
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("the SCP is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> tuple[str, int]:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self._ae.start_server(
+            (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
+        )
+        host, port = self.address
+        if not self.settings.allowed_peers:
+            log_event(logger, "scp.accepting_all_peers", level=logging.WARNING,
+                      hint="set node.allowed_peers in the config to restrict who may send")
+        log_event(logger, "scp.listening", ae_title=self.settings.ae_title, host=host, port=port,
+                  max_pdu=self.settings.max_pdu_size, fsync=self.settings.fsync)
+        return host, port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+            log_event(logger, "scp.stopped")
+
+    # -- association events -------------------------------------------------------------------------
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        dul = event.assoc.dul
+        if hasattr(dul, "_run_loop_delay"):
+            dul._run_loop_delay = DUL_POLL_INTERVAL_S
+
+    def peer_allowed(self, ae_title: str, address: str) -> bool:
+        rules = self.settings.allowed_peers
+        return not rules or any(rule.matches(ae_title, address) for rule in rules)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = assoc.requestor.primitive.calling_ae_title
+        address = assoc.requestor.address
+        if not self.peer_allowed(calling, address):
+            log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
+                      reason="calling AE title/address not in node.allowed_peers")
+            assoc.acse.send_reject(*status.REJECT_CALLING_AE_NOT_RECOGNIZED)
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        with self._stats_lock:
+            self._stats[id(assoc)] = _AssociationStats(assoc.requestor.ae_title, assoc.requestor.address)
+        log_event(logger, "association.accepted", calling_ae=assoc.requestor.ae_title,
+                  address=assoc.requestor.address, contexts=len(assoc.accepted_contexts))
+
+    def _on_closed(self, event: evt.Event) -> None:
+        with self._stats_lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log_event(logger, f"association.{how}", calling_ae=stats.calling_ae, address=stats.address,
+                  stored=stats.statuses.get(status.SUCCESS, 0),
+                  failed=sum(n for code, n in stats.statuses.items() if code != status.SUCCESS))
+
+    def _count(self, event: evt.Event, code: int) -> None:
+        with self._stats_lock:
+            stats = self._stats.get(id(event.assoc))
+            if stats is not None:
+                stats.statuses[code] += 1
+
+    # -- services -----------------------------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return status.SUCCESS
+
+    def _on_store(self, event: evt.Event) -> Dataset:
+        req = event.request
+        calling = event.assoc.requestor.ae_title
+        try:
+            outcome = self.store(event.encoded_dataset(include_meta=True), str(req.AffectedSOPClassUID),
+                                 str(req.AffectedSOPInstanceUID), calling_ae=calling,
+                                 called_ae=self.settings.ae_title)
+        except Exception as exc:  # the node must never die on input; report and carry on
+            logger.exception("store.internal_error", extra={"fields": {"calling_ae": calling}})
+            outcome = StoreOutcome(status.CANNOT_UNDERSTAND_INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+        self._count(event, outcome.status)
+        rsp = Dataset()
+        rsp.Status = outcome.status
+        if outcome.reason:
+            rsp.ErrorComment = outcome.reason[:64]
+        return rsp
+
+    def store(self, part10: bytes, sop_class_uid: str, sop_instance_uid: str, *, calling_ae: str = "",
+              called_ae: str = "") -> StoreOutcome:
+        """Verify, durably store and index one instance given as Part-10 bytes; the C-STORE status."""
+
+        def fail(code: int, reason: str, **fields: Any) -> StoreOutcome:
+            log_event(logger, "store.refused", level=logging.WARNING, status=f"0x{code:04X}", reason=reason,
+                      sop_class=sop_class_uid, sop_instance=sop_instance_uid, calling_ae=calling_ae, **fields)
+            return StoreOutcome(code, reason)
+
+        try:
+            ds = dcmread(BytesIO(part10))
+            ds_class = str(ds.get("SOPClassUID", "") or "").strip()
+            ds_instance = str(ds.get("SOPInstanceUID", "") or "").strip()
+            study_uid = check_uid(str(ds.get("StudyInstanceUID", "") or ""), "StudyInstanceUID")
+            series_uid = check_uid(str(ds.get("SeriesInstanceUID", "") or ""), "SeriesInstanceUID")
+            modality = str(ds.get("Modality", "") or "")
+        except InvalidUIDError as exc:
+            return fail(status.CANNOT_UNDERSTAND_MISSING_UID, str(exc))
+        except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, KeyError, IndexError) as exc:
+            return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot parse data set: {type(exc).__name__}",
+                        detail=str(exc)[:200])
+        if not ds_class:
+            return fail(status.CANNOT_UNDERSTAND_MISSING_UID, "SOPClassUID is missing or empty")
+        if ds_class != sop_class_uid:
+            return fail(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                        "SOPClassUID differs from the negotiated Affected SOP Class")
+        try:
+            ds_instance = check_uid(ds_instance, "SOPInstanceUID")
+        except InvalidUIDError as exc:
+            return fail(status.CANNOT_UNDERSTAND_MISSING_UID, str(exc))
+        if ds_instance != sop_instance_uid.strip():
+            return fail(status.CANNOT_UNDERSTAND_MISSING_UID, "SOPInstanceUID differs from Affected SOP Instance")
+
+        is_image = ds_class in PROCESSED_IMAGE_CLASSES
+        if is_image:
+            try:
+                check_decodable(ds)
+            except PixelDecodeError as exc:
+                return fail(status.CANNOT_UNDERSTAND_PIXEL_DATA, f"pixel data: {exc}")
+
+        if self.index.contains(ds_instance):
+            log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid, calling_ae=calling_ae)
+            return StoreOutcome(status.SUCCESS)
+
+        if free_bytes(self.spool.root) - len(part10) < self.settings.min_free_bytes:
+            return fail(status.OUT_OF_RESOURCES, "storage nearly full: instance refused")
+
+        path = self.spool.instance_path(study_uid, series_uid, ds_instance)
+        size = store_durably(path, part10, fsync=self.settings.fsync)
+        version = self.index.record(
+            InstanceRecord(
+                sop_instance_uid=ds_instance,
+                sop_class_uid=ds_class,
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                study_uid=study_uid,
+                series_uid=series_uid,
+                modality=modality,
+                is_image=is_image,
+                relpath=path.relative_to(self.spool.root).as_posix(),
+                size=size,
+                calling_ae=calling_ae,
+                called_ae=called_ae,
+            )
+        )
+        log_event(logger, "store.accepted", level=logging.DEBUG, sop_instance=ds_instance, series=series_uid,
+                  version=version, bytes=size)
+        return StoreOutcome(status.SUCCESS)
+
+
+def spool_layout(root: Path) -> SpoolLayout:
+    root.mkdir(parents=True, exist_ok=True)
+    return SpoolLayout(root)

@@ -1,0 +1,19 @@
+"""DIMSE status codes the node answers with (PS3.4 Annex B for the Storage Service Class, PS3.7 Annex C).
+
+The 0xC2xx sub-codes are ours within the Storage class's "Cannot understand" range; each comes with an
+Error Comment (0000,0902) that tells the sender's operator the reason in words.
+"""
+
+from __future__ import annotations
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND_UNPARSABLE = 0xC210
+CANNOT_UNDERSTAND_INTERNAL_ERROR = 0xC211
+CANNOT_UNDERSTAND_MISSING_UID = 0xC220
+CANNOT_UNDERSTAND_PIXEL_DATA = 0xC230
+
+# A-ASSOCIATE-RJ (result, source, diagnostic) for a calling AE title/address pair that is not allowed:
+# rejected-permanent, service-user, calling-AE-title-not-recognized.
+REJECT_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)

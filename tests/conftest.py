@@ -1,0 +1,205 @@
+"""Shared fixtures: a real `isonode serve` subprocess on a free port, DCMTK helpers, phantom series."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+NODE_AE = "ISONODE"
+
+# DCMTK 3.6.7 crawls on loopback without TCP_NODELAY (Nagle); the tools read it from the environment.
+os.environ.setdefault("TCP_NODELAY", "1")
+
+
+def shared_case(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real CT case {name} not found at {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: `make test` installs it (apt-get)")
+    return path
+
+
+@dataclass
+class NodeProcess:
+    """`isonode serve` running as a subprocess, as an operator would run it."""
+
+    data_dir: Path
+    port: int
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(self.config_path),
+             "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"isonode serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if '"event":"scp.listening"' in self.log_text():
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"isonode serve did not start:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self, event: str) -> list[dict]:
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{") and f'"event":"{event}"' in line:
+                out.append(json.loads(line))
+        return out
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def status(self) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "appliance.cli", "status", "--json", "--config", str(self.config_path),
+             "--data-dir", str(self.data_dir)],
+            cwd=REPO, capture_output=True, text=True, check=True,
+        )
+        return json.loads(out.stdout)
+
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout
+        status = self.status()
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.25)
+        raise TimeoutError(f"timed out waiting for {what}; last status {status}\nlog tail:\n{self.log_text()[-3000:]}")
+
+
+NODE_TEST_CONFIG = """
+node:
+  ae_title: ISONODE
+  max_pdu_size: 131072
+storage:
+  min_free_mb: {min_free_mb}
+series:
+  completion_timeout_s: {completion_timeout_s}
+processing:
+  retry_backoff_s: 0.2
+logging:
+  level: INFO
+"""
+
+
+def write_node_config(path: Path, *, completion_timeout_s: float = 1.0, min_free_mb: int = 64, extra: str = "") -> Path:
+    path.write_text(NODE_TEST_CONFIG.format(completion_timeout_s=completion_timeout_s, min_free_mb=min_free_mb)
+                    + extra)
+    return path
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator:
+    nodes: list[NodeProcess] = []
+
+    def make(**config_kwargs) -> NodeProcess:
+        idx = len(nodes)
+        cfg = write_node_config(tmp_path / f"node{idx}.yaml", **config_kwargs)
+        node = NodeProcess(data_dir=tmp_path / "data", port=free_port(), config_path=cfg,
+                           log_path=tmp_path / f"node{idx}.log")
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory) -> NodeProcess:
+    return node_factory().start()
+
+
+# storescu proposes a compressed transfer syntax only when told which one (and sends it as is with -R).
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2": "-xi", "1.2.840.10008.1.2.1": "-xe", "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd", "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def storescu_flag_for(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        ts = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    except Exception:
+        return None
+    return STORESCU_PROPOSE.get(ts)
+
+
+def storescu(port: int, *files: Path, extra: tuple[str, ...] = (), timeout: float = 300,
+             aet: str = "TESTSCU") -> subprocess.CompletedProcess:
+    """DCMTK storescu sending `files` (all in one transfer syntax) on one association, as they are (-R)."""
+    flag = storescu_flag_for(files[0]) if files else None
+    return subprocess.run(
+        [require_tool("storescu"), "-v", "-R", *([flag] if flag else []), "-aec", NODE_AE, "-aet", aet, *extra,
+         "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def echoscu(port: int, aec: str = NODE_AE, aet: str = "TESTSCU") -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("echoscu"), "-aec", aec, "-aet", aet, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def store_responses(storescu_output: str) -> list[tuple[str, str]]:
+    """(file sent, response) pairs from `storescu -v` output, in order; response '' if none arrived."""
+    pairs: list[list[str]] = []
+    for line in storescu_output.splitlines():
+        if line.startswith("I: Sending file: "):
+            pairs.append([line.removeprefix("I: Sending file: ").strip(), ""])
+        elif line.startswith("I: Received Store Response") and pairs:
+            pairs[-1][1] = line.removeprefix("I: Received Store Response").strip()
+    return [(f, r) for f, r in pairs]
