@@ -24,10 +24,10 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp-test
 	touch $@
 
 # Debian packages the appliance or its tests use; installed only when a tool is missing.
-APT_PACKAGES := dcmtk dicom3tools orthanc chromium libusb-1.0-0
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium g++
 system-deps:
 	@missing=0; \
-	for tool in storescu echoscu findscu movescu getscu storescp dciodvfy Orthanc chromium; do \
+	for tool in storescu echoscu findscu movescu getscu storescp dciodvfy Orthanc chromium g++; do \
 	  command -v $$tool >/dev/null 2>&1 || missing=1; \
 	done; \
 	if [ $$missing = 1 ]; then \
@@ -51,6 +51,10 @@ lint: $(VENV)/.stamp-test
 
 bench: system-deps $(VENV)/.stamp-bench
 	$(PY) -m bench
+
+# The CUDA marching-cubes kernels as a fatbin (sm_87 Jetson Orin, sm_90 H100, PTX); needs nvcc, no GPU.
+cuda: $(VENV)/.stamp-base
+	$(PY) kernels/cuda/build.py
 
 clean:
 	rm -rf $(VENV) build var *.egg-info

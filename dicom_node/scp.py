@@ -16,15 +16,17 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification
 
 from dicom_node import status
 from dicom_node.index import InstanceIndex, InstanceRecord
 from dicom_node.logfmt import log_event
+from dicom_node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta
 from dicom_node.pixels import TRANSFER_SYNTAXES_ACCEPTED, PixelDecodeError, check_decodable
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
 from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, store_durably
@@ -97,6 +99,8 @@ class StorageScp:
     def _build_ae(self) -> AE:
         s = self.settings
         ae = AE(ae_title=s.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_pdu_size = s.max_pdu_size
         ae.maximum_associations = s.maximum_associations
         ae.acse_timeout = s.acse_timeout_s
@@ -194,9 +198,9 @@ class StorageScp:
         req = event.request
         calling = event.assoc.requestor.ae_title
         try:
-            outcome = self.store(event.encoded_dataset(include_meta=True), str(req.AffectedSOPClassUID),
-                                 str(req.AffectedSOPInstanceUID), calling_ae=calling,
-                                 called_ae=self.settings.ae_title)
+            outcome = self.store(req.DataSet.getbuffer(), str(event.context.transfer_syntax),
+                                 str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
+                                 calling_ae=calling, called_ae=self.settings.ae_title)
         except Exception as exc:  # the node must never die on input; report and carry on
             logger.exception("store.internal_error", extra={"fields": {"calling_ae": calling}})
             outcome = StoreOutcome(status.CANNOT_UNDERSTAND_INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
@@ -207,17 +211,20 @@ class StorageScp:
             rsp.ErrorComment = outcome.reason[:64]
         return rsp
 
-    def store(self, part10: bytes, sop_class_uid: str, sop_instance_uid: str, *, calling_ae: str = "",
-              called_ae: str = "") -> StoreOutcome:
-        """Verify, durably store and index one instance given as Part-10 bytes; the C-STORE status."""
+    def store(self, dataset_bytes: bytes | memoryview, transfer_syntax_uid: str, sop_class_uid: str,
+              sop_instance_uid: str, *, calling_ae: str = "", called_ae: str = "") -> StoreOutcome:
+        """Verify, durably store and index one instance (its encoded data set as received); the C-STORE status."""
 
         def fail(code: int, reason: str, **fields: Any) -> StoreOutcome:
             log_event(logger, "store.refused", level=logging.WARNING, status=f"0x{code:04X}", reason=reason,
                       sop_class=sop_class_uid, sop_instance=sop_instance_uid, calling_ae=calling_ae, **fields)
             return StoreOutcome(code, reason)
 
+        ts = UID(transfer_syntax_uid)
         try:
-            ds = dcmread(BytesIO(part10))
+            ds = decode(BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ts
             ds_class = str(ds.get("SOPClassUID", "") or "").strip()
             ds_instance = str(ds.get("SOPInstanceUID", "") or "").strip()
             study_uid = check_uid(str(ds.get("StudyInstanceUID", "") or ""), "StudyInstanceUID")
@@ -243,7 +250,7 @@ class StorageScp:
         is_image = ds_class in PROCESSED_IMAGE_CLASSES
         if is_image:
             try:
-                check_decodable(ds)
+                check_decodable(ds, transfer_syntax_uid=ts)
             except PixelDecodeError as exc:
                 return fail(status.CANNOT_UNDERSTAND_PIXEL_DATA, f"pixel data: {exc}")
 
@@ -251,16 +258,17 @@ class StorageScp:
             log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid, calling_ae=calling_ae)
             return StoreOutcome(status.SUCCESS)
 
-        if free_bytes(self.spool.root) - len(part10) < self.settings.min_free_bytes:
+        if free_bytes(self.spool.root) - len(dataset_bytes) < self.settings.min_free_bytes:
             return fail(status.OUT_OF_RESOURCES, "storage nearly full: instance refused")
 
         path = self.spool.instance_path(study_uid, series_uid, ds_instance)
-        size = store_durably(path, part10, fsync=self.settings.fsync)
+        meta = encode_file_meta(ds_class, ds_instance, ts, source_ae_title=calling_ae)
+        size = store_durably(path, [meta, dataset_bytes], fsync=self.settings.fsync)
         version = self.index.record(
             InstanceRecord(
                 sop_instance_uid=ds_instance,
                 sop_class_uid=ds_class,
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                transfer_syntax_uid=str(ts),
                 study_uid=study_uid,
                 series_uid=series_uid,
                 modality=modality,

@@ -1,0 +1,170 @@
+"""Pure mesh post-processing for marching-cubes output: component filtering, Taubin smoothing,
+quadric decimation. Every function takes a Mesh and returns a new Mesh (inputs are not modified).
+
+Decimation uses `fast-simplification` (pyvista's wrapper of the Fast-Quadric-Mesh-Simplification
+algorithm: numpy-only, ~0.5 MB, MIT) rather than Open3D (~1.1 GB, needs libusb) -- see kernels/README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from kernels.mesh import Mesh
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Edge-use summary: watertight = every edge used by exactly two triangles, oriented = each such edge
+    traversed once in each direction (consistent winding), euler = V - E + F over used vertices."""
+
+    watertight: bool
+    oriented: bool
+    boundary_edges: int
+    nonmanifold_edges: int
+    euler: int
+
+
+def mesh_topology(mesh: Mesh) -> Topology:
+    """Watertightness, orientation consistency and Euler characteristic (for QA and tests)."""
+    t = mesh.triangles.astype(np.int64)
+    if len(t) == 0:
+        return Topology(True, True, 0, 0, 0)
+    directed = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
+    undirected = np.sort(directed, axis=1)
+    _, uses = np.unique(undirected, axis=0, return_counts=True)
+    _, dir_uses = np.unique(directed, axis=0, return_counts=True)
+    n_vertices = len(np.unique(t))
+    watertight = bool((uses == 2).all())
+    return Topology(
+        watertight=watertight,
+        oriented=watertight and bool((dir_uses == 1).all()),
+        boundary_edges=int((uses == 1).sum()),
+        nonmanifold_edges=int((uses > 2).sum()),
+        euler=int(n_vertices - len(uses) + len(t)),
+    )
+
+
+def triangle_components(mesh: Mesh) -> tuple[int, np.ndarray]:
+    """(number of components, component id per triangle); triangles sharing a vertex are connected."""
+    n_v, n_t = len(mesh.vertices), len(mesh.triangles)
+    if n_t == 0:
+        return 0, np.zeros(0, dtype=np.int64)
+    t = mesh.triangles.astype(np.int64)
+    rows = np.repeat(np.arange(n_t), 3)
+    inc = sp.csr_matrix((np.ones(3 * n_t, dtype=np.int8), (rows, t.ravel())), shape=(n_t, n_v))
+    # Bipartite triangle-vertex graph: components of it are the mesh components.
+    graph = sp.bmat([[None, inc], [inc.T, None]], format="csr")
+    n, lab = connected_components(graph, directed=False)
+    tri_lab = lab[:n_t]
+    _, tri_lab = np.unique(tri_lab, return_inverse=True)
+    return int(tri_lab.max()) + 1, tri_lab
+
+
+def component_volumes(mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(component id per triangle, |enclosed volume| per component) by the divergence theorem."""
+    n, lab = triangle_components(mesh)
+    if n == 0:
+        return lab, np.zeros(0)
+    v = mesh.vertices.astype(np.float64)
+    t = mesh.triangles.astype(np.int64)
+    signed = np.einsum("ij,ij->i", v[t[:, 0]], np.cross(v[t[:, 1]], v[t[:, 2]])) / 6.0
+    return lab, np.abs(np.bincount(lab, weights=signed, minlength=n))
+
+
+def filter_components(mesh: Mesh, keep_largest: int | None = None, min_volume: float | None = None) -> Mesh:
+    """Keep the `keep_largest` components by enclosed volume and/or those with volume >= min_volume.
+
+    Volume (not triangle count) is the ranking because a small crumpled island can have many triangles;
+    units are those of the vertices (mm^3 for patient meshes).
+    """
+    lab, vols = component_volumes(mesh)
+    if len(vols) == 0:
+        return mesh
+    keep = np.ones(len(vols), dtype=bool)
+    if keep_largest is not None:
+        order = np.argsort(-vols, kind="stable")
+        keep[:] = False
+        keep[order[: max(int(keep_largest), 0)]] = True
+    if min_volume is not None:
+        keep &= vols >= min_volume
+    return compact(Mesh(mesh.vertices, mesh.triangles[keep[lab]], mesh.normals))
+
+
+def compact(mesh: Mesh) -> Mesh:
+    """Drop vertices no triangle uses and renumber the triangles."""
+    used = np.zeros(len(mesh.vertices), dtype=bool)
+    used[mesh.triangles.ravel()] = True
+    remap = np.cumsum(used, dtype=np.int64) - 1
+    normals = None if mesh.normals is None else mesh.normals[used]
+    return Mesh(mesh.vertices[used], remap[mesh.triangles].astype(np.uint32), normals)
+
+
+def _umbrella_operator(n_vertices: int, triangles: np.ndarray) -> sp.csr_matrix:
+    """Uniform-weight Laplacian L = D^-1 A - I over the mesh edges."""
+    t = triangles.astype(np.int64)
+    i = np.concatenate([t[:, 0], t[:, 1], t[:, 2], t[:, 1], t[:, 2], t[:, 0]])
+    j = np.concatenate([t[:, 1], t[:, 2], t[:, 0], t[:, 0], t[:, 1], t[:, 2]])
+    adj = sp.csr_matrix((np.ones(len(i)), (i, j)), shape=(n_vertices, n_vertices))
+    adj.data[:] = 1.0  # edges shared by two triangles were summed
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    inv = sp.diags(np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0))
+    return (inv @ adj - sp.diags((deg > 0).astype(float))).tocsr()
+
+
+def taubin_smooth(mesh: Mesh, iterations: int = 10, lam: float = 0.5, mu: float = -0.53) -> Mesh:
+    """Taubin lambda/mu smoothing: removes the voxel staircase without the shrinkage of plain Laplacian
+    smoothing (alternating positive and negative steps form a low-pass filter). Normals are recomputed."""
+    if len(mesh.triangles) == 0 or iterations <= 0:
+        return mesh
+    lap = _umbrella_operator(len(mesh.vertices), mesh.triangles)
+    v = mesh.vertices.astype(np.float64)
+    for _ in range(iterations):
+        v = v + lam * (lap @ v)
+        v = v + mu * (lap @ v)
+    out = Mesh(v.astype(np.float32), mesh.triangles, None)
+    if mesh.normals is not None:
+        out.normals = vertex_normals(out)
+    return out
+
+
+def vertex_normals(mesh: Mesh) -> np.ndarray:
+    """Area-weighted unit vertex normals following the triangle winding (outward for our meshes)."""
+    v = mesh.vertices.astype(np.float64)
+    t = mesh.triangles.astype(np.int64)
+    fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])
+    acc = np.zeros_like(v)
+    for c in range(3):
+        for d in range(3):
+            acc[:, d] += np.bincount(t[:, c], weights=fn[:, d], minlength=len(v))
+    length = np.linalg.norm(acc, axis=1, keepdims=True)
+    return (acc / np.where(length > 0, length, 1.0)).astype(np.float32)
+
+
+def decimate(mesh: Mesh, target_triangles: int, aggressiveness: float = 7.0) -> Mesh:
+    """Quadric-error decimation to at most `target_triangles` triangles (a display/transfer budget).
+
+    Meshes already within budget are returned unchanged. Normals, if present, are recomputed.
+    """
+    import fast_simplification
+
+    n_t = len(mesh.triangles)
+    if n_t <= target_triangles:
+        return mesh
+    if target_triangles <= 0:
+        return Mesh.empty(mesh.normals is not None)
+    pts, faces = fast_simplification.simplify(
+        mesh.vertices.astype(np.float64), mesh.triangles.astype(np.int64), target_count=int(target_triangles),
+        agg=aggressiveness,
+    )
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(faces) > target_triangles:  # the collapse loop can stop a few short; drop the smallest faces
+        area = np.linalg.norm(np.cross(pts[faces[:, 1]] - pts[faces[:, 0]], pts[faces[:, 2]] - pts[faces[:, 0]]), axis=1)
+        faces = faces[np.sort(np.argsort(-area, kind="stable")[:target_triangles])]
+    out = compact(Mesh(np.asarray(pts, dtype=np.float32), faces.astype(np.uint32), None))
+    if mesh.normals is not None:
+        out.normals = vertex_normals(out)
+    return out
