@@ -1,0 +1,93 @@
+"""Configuration: defaults run as they are, mistakes are reported with the key that is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from appliance.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config, with_overrides
+
+
+def test_firmware_defaults_are_the_embedded_defaults():
+    config = load_config(None)
+    assert config.node.ae_title == "ISONODE"
+    assert config.node.port == 11112
+    assert config.storage.data_dir == Path("var")
+    assert config.storage.fsync is True
+    assert config.series.completion_timeout_s == 5
+    assert config.processing.backend == "auto"
+    assert config.database_path == Path("var/isonode.db")
+
+
+def test_empty_file_gives_the_same_defaults_as_the_firmware_file():
+    assert parse_config("") == load_config(DEFAULT_CONFIG_PATH)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("node: {port: 70000}", "node.port", "less than or equal"),
+        ("node: {ae_title: 'THIS_TITLE_IS_FAR_TOO_LONG'}", "node.ae_title", "1-16"),
+        ("node: {ae_title: 'BAD\\\\AE'}", "node.ae_title", "backslash"),
+        ("node: {bind_adress: 0.0.0.0}", "node.bind_adress", "unknown key"),
+        ("node: {allowed_peers: [{address: 10.0.0.300}]}", "node.allowed_peers.0.address", "does not appear"),
+        ("node: {allowed_peers: [{}]}", "node.allowed_peers.0", "ae_title, address or both"),
+        ("series: {completion_timeout_s: 0}", "series.completion_timeout_s", "greater than 0"),
+        ("series: {routes: [{completion_timeout_s: 3}]}", "series.routes.0", "calling_ae_title"),
+        ("processing: {backend: tpu}", "processing.backend", "'auto', 'cpu' or 'cuda'"),
+        ("storage: [1, 2]", "storage", "valid dictionary"),
+    ],
+)
+def test_invalid_value_is_reported_with_its_key(text, key, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "site.yaml")
+    message = str(err.value)
+    assert message.startswith("site.yaml: invalid configuration")
+    line = next(ln for ln in message.splitlines() if ln.strip().startswith(key + ":"))
+    assert words in line
+
+
+def test_yaml_syntax_error_is_reported():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_config("node: [unclosed", "site.yaml")
+
+
+def test_route_overrides_completion_timeout_for_matching_sender():
+    config = parse_config("series: {completion_timeout_s: 5, routes: [{calling_ae_title: SLOW_PACS, "
+                          "completion_timeout_s: 60}]}")
+    assert config.series.timeout_for("SLOW_PACS", "ISONODE") == 60
+    assert config.series.timeout_for("CT1", "ISONODE") == 5
+
+
+def test_command_line_flags_override_the_file(tmp_path):
+    config = with_overrides(load_config(None), port=4242, data_dir=tmp_path)
+    assert config.node.port == 4242
+    assert config.spool_dir == tmp_path / "spool"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_config_check_accepts_the_firmware_file():
+    result = _cli("config", "check", str(DEFAULT_CONFIG_PATH))
+    assert result.returncode == 0
+    assert "OK" in result.stdout
+
+
+def test_config_check_names_the_bad_key_and_fails(tmp_path):
+    bad = tmp_path / "site.yaml"
+    bad.write_text("node:\n  port: -1\nstorage:\n  min_free_mb: lots\n")
+    result = _cli("config", "check", str(bad))
+    assert result.returncode == 2
+    assert "node.port" in result.stderr and "storage.min_free_mb" in result.stderr
+
+
+def test_config_check_reports_a_missing_file(tmp_path):
+    result = _cli("config", "check", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "cannot read configuration" in result.stderr

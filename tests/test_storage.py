@@ -1,0 +1,129 @@
+"""Spool, index, series completion and crash recovery, tested without the network."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from appliance.completion import SeriesCompletion
+from appliance.config import parse_config
+from appliance.jobs import JobQueue
+from compiler.phantom import make_phantom, write_ct_series
+from dicom_node.database import Database
+from dicom_node.index import InstanceIndex, InstanceRecord
+from dicom_node.part10 import IMPLEMENTATION_CLASS_UID, encode_file_meta
+from dicom_node.recovery import recover_spool
+from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, store_durably
+
+
+@pytest.fixture
+def db(tmp_path) -> Database:
+    return Database(tmp_path / "isonode.db")
+
+
+def _record(sop: str, series: str = "1.2.3", image: bool = True, calling: str = "CT1") -> InstanceRecord:
+    return InstanceRecord(sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                          transfer_syntax_uid=ExplicitVRLittleEndian, study_uid="1.2", series_uid=series,
+                          modality="CT", is_image=image, relpath=f"1.2/{series}/{sop}.dcm", size=10,
+                          calling_ae=calling, called_ae="ISONODE")
+
+
+def test_store_durably_writes_atomically_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "a" / "b" / "x.dcm"
+    assert store_durably(path, [b"abc", memoryview(b"defg")]) == 7
+    assert path.read_bytes() == b"abcdefg"
+    assert [p.name for p in path.parent.iterdir()] == ["x.dcm"]
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "1.2.3/../x", "1.2.a", "1." + "2" * 70, "1..2"])
+def test_uid_that_cannot_be_a_file_name_is_refused(bad):
+    with pytest.raises(InvalidUIDError):
+        check_uid(bad, "SeriesInstanceUID")
+
+
+def test_uid_padding_is_stripped():
+    assert check_uid("1.2.840.10008\x00", "SOPInstanceUID") == "1.2.840.10008"
+
+
+def test_file_meta_we_write_is_read_back_by_pydicom(tmp_path):
+    ds = pydicom.dcmread(write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "s",
+                                         spacing=(1, 1, 1))[0])
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    body = buf.getvalue()[132 + 12 + ds.file_meta[0x00020000].value:]
+    path = tmp_path / "out.dcm"
+    path.write_bytes(encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, "CT1") + body)
+    back = pydicom.dcmread(path)
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert back.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.SourceApplicationEntityTitle == "CT1"
+    assert back.PixelData == ds.PixelData
+
+
+def test_instances_after_completion_open_a_new_series_version(db):
+    index = InstanceIndex(db)
+    assert index.record(_record("1.1")) == 1
+    assert index.record(_record("1.2")) == 1
+    assert index.record(_record("1.1")) is None  # duplicate
+    with db.transaction() as conn:
+        assert InstanceIndex.mark_complete(conn, "1.2.3", 1, "test", 0.0)
+    assert index.record(_record("1.3")) == 2
+    assert index.latest_version("1.2.3").instance_count == 1
+    assert len(index.series_files("1.2.3")) == 3  # a version's job sees the whole series
+
+
+def test_idle_series_completes_after_its_route_timeout_and_queues_one_job(db):
+    index, jobs = InstanceIndex(db), JobQueue(db)
+    config = parse_config("series: {completion_timeout_s: 5, routes: [{calling_ae_title: SLOW, "
+                          "completion_timeout_s: 60}]}").series
+    completion = SeriesCompletion(index, jobs, config)
+    index.record(_record("1.1", series="7.1", calling="CT1"), now=1000.0)
+    index.record(_record("2.1", series="7.2", calling="SLOW"), now=1000.0)
+    assert completion.complete_idle(now=1004.0) == []
+    assert completion.complete_idle(now=1005.0) == [("7.1", 1)]
+    assert completion.complete_idle(now=1059.0) == []
+    assert completion.complete_idle(now=1060.0) == [("7.2", 1)]
+    assert jobs.counts()["queued"] == 2
+    assert completion.complete_idle(now=2000.0) == []
+
+
+def test_series_without_ct_images_is_completed_but_not_processed(db):
+    index, jobs = InstanceIndex(db), JobQueue(db)
+    index.record(_record("3.1", series="8.1", image=False), now=0.0)
+    completion = SeriesCompletion(index, jobs, parse_config("").series)
+    assert completion.complete_idle(now=100.0) == [("8.1", 1)]
+    assert jobs.counts()["queued"] == 0
+
+
+def test_operator_completion_only_applies_to_a_receiving_series(db):
+    index, jobs = InstanceIndex(db), JobQueue(db)
+    completion = SeriesCompletion(index, jobs, parse_config("").series)
+    index.record(_record("4.1", series="9.1"))
+    assert completion.complete_now("9.1") == 1
+    assert completion.complete_now("9.1") is None
+    assert completion.complete_now("0.0") is None
+
+
+def test_recovery_removes_temp_files_and_reindexes_files_the_index_lost(tmp_path, db):
+    series = write_ct_series(make_phantom((3, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
+    spool = SpoolLayout(tmp_path / "spool")
+    for f in series:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        store_durably(spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
+                      f.read_bytes())
+    half_written = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, "9.9").with_suffix(".dcm.1.tmp")
+    half_written.write_bytes(b"partial")
+    index = InstanceIndex(db)
+    report = recover_spool(spool, index)
+    assert (report.temp_files_removed, report.reindexed, report.unreadable) == (1, 3, 0)
+    assert not half_written.exists()
+    assert index.counts()["instances"] == 3
+    assert recover_spool(spool, index).reindexed == 0
+
+
+def test_database_is_in_wal_mode(db):
+    assert db.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
