@@ -7,12 +7,14 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
 from appliance.completion import SeriesCompletion
 from appliance.config import AppConfig
 from appliance.jobs import JobQueue
+from appliance.retention import sweep
 from appliance.worker import Worker
 from dicom_node.database import Database
 from dicom_node.index import InstanceIndex
@@ -23,6 +25,7 @@ from dicom_node.scp import PeerRule, ScpSettings, StorageScp, spool_layout
 logger = logging.getLogger(__name__)
 
 COMPLETION_POLL_S = 0.5
+RETENTION_INTERVAL_S = 600.0
 
 
 class DataDirLockedError(RuntimeError):
@@ -91,11 +94,18 @@ class Node:
         return address
 
     def run_until_stopped(self) -> None:
+        next_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.completion.complete_idle()
             except Exception:
                 logger.exception("completion.error")
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + RETENTION_INTERVAL_S
+                try:
+                    sweep(self.db, self.spool.root, self.config.results_dir, self.config.retention)
+                except Exception:
+                    logger.exception("retention.error")
             self._stop.wait(COMPLETION_POLL_S)
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from dicom_node.database import Database
 
@@ -178,6 +177,25 @@ class InstanceIndex:
         sql = "SELECT relpath FROM instances WHERE series_uid = ?" + (" AND is_image = 1" if images_only else "")
         return [r["relpath"] for r in self.db.connection.execute(sql + " ORDER BY relpath", (series_uid,))]
 
+    @staticmethod
+    def expired_series_in(conn: sqlite3.Connection, older_than: float) -> list[str]:
+        """Series whose every version is complete and whose last instance arrived before `older_than`."""
+        rows = conn.execute(
+            "SELECT series_uid FROM series GROUP BY series_uid"
+            " HAVING SUM(state != 'complete') = 0 AND MAX(last_received_at) < ?",
+            (older_than,),
+        ).fetchall()
+        return [r["series_uid"] for r in rows]
+
+    @staticmethod
+    def forget_series_in(conn: sqlite3.Connection, series_uid: str) -> list[str]:
+        """Remove a series from the index inside the caller's transaction; the relpaths it held."""
+        relpaths = [r["relpath"] for r in conn.execute(
+            "SELECT relpath FROM instances WHERE series_uid = ?", (series_uid,))]
+        conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+        conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+        return relpaths
+
     def all_relpaths(self) -> set[str]:
         return {r["relpath"] for r in self.db.connection.execute("SELECT relpath FROM instances")}
 
@@ -191,7 +209,3 @@ class InstanceIndex:
             "series_receiving": one("SELECT COUNT(*) FROM series WHERE state = 'receiving'"),
             "bytes": one("SELECT COALESCE(SUM(size), 0) FROM instances"),
         }
-
-
-def relpath_for(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()

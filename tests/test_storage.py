@@ -127,3 +127,52 @@ def test_recovery_removes_temp_files_and_reindexes_files_the_index_lost(tmp_path
 
 def test_database_is_in_wal_mode(db):
     assert db.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _stored_series(tmp_path, db, n: int = 3):
+    from dicom_node.scp import ScpSettings, StorageScp
+
+    files = write_ct_series(make_phantom((n, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
+    spool = SpoolLayout(tmp_path / "spool")
+    index = InstanceIndex(db)
+    scp = StorageScp(ScpSettings(min_free_bytes=0), spool, index)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        body = f.read_bytes()[132 + 12 + ds.file_meta[0x00020000].value:]
+        assert scp.store(body, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
+    return spool, index, str(ds.SeriesInstanceUID)
+
+
+def test_retention_deletes_old_processed_series_but_never_one_with_pending_work(tmp_path, db):
+    import time
+
+    from appliance.retention import sweep
+
+    spool, index, series_uid = _stored_series(tmp_path, db)
+    jobs = JobQueue(db)
+    completion = SeriesCompletion(index, jobs, parse_config("").series)
+    assert completion.complete_now(series_uid) == 1
+    retention = parse_config("retention: {instances_days: 7, results_days: 30}").retention
+    later = time.time() + 8 * 86400
+    assert sweep(db, spool.root, tmp_path / "results", retention, now=later).series_deleted == 0  # job queued
+    job = jobs.claim("w", lease_s=60)
+    jobs.complete(job.id, "w", {})
+    assert sweep(db, spool.root, tmp_path / "results", retention, now=time.time()).series_deleted == 0  # too new
+    report = sweep(db, spool.root, tmp_path / "results", retention, now=later)
+    assert (report.series_deleted, report.instances_deleted) == (1, 3)
+    assert index.counts()["instances"] == 0
+    assert not list(spool.root.rglob("*.dcm"))
+
+
+def test_store_path_refuses_pixel_data_it_cannot_decode_without_touching_disk(tmp_path, db):
+    from dicom_node.scp import ScpSettings, StorageScp
+
+    files = write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
+    ds = pydicom.dcmread(files[0])
+    ds.PixelData = ds.PixelData[:100]
+    from pynetdicom.dsutils import encode
+
+    scp = StorageScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), InstanceIndex(db))
+    outcome = scp.store(encode(ds, False, True), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
+    assert outcome.status == 0xC230 and "truncated" in outcome.reason
+    assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))

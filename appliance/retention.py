@@ -1,0 +1,72 @@
+"""Retention: received instances and results are deleted once they are old and fully processed.
+
+The index row goes first (one transaction), the files after: a crash in between leaves files the
+start-up recovery re-indexes and the next sweep deletes again, never an index entry without its file.
+A series with a job still queued or running is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import RetentionConfig
+from dicom_node.database import Database
+from dicom_node.index import InstanceIndex
+from dicom_node.logfmt import log_event
+
+logger = logging.getLogger(__name__)
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    series_deleted: int
+    instances_deleted: int
+    result_dirs_deleted: int
+
+
+def _remove_empty_parents(path: Path, stop: Path) -> None:
+    for parent in path.parents:
+        if parent == stop or not parent.is_relative_to(stop):
+            return
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+
+
+def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionConfig,
+          now: float | None = None) -> SweepReport:
+    now = time.time() if now is None else now
+    series_deleted = instances_deleted = 0
+    with db.transaction() as conn:
+        busy = {r["series_uid"] for r in conn.execute(
+            "SELECT DISTINCT series_uid FROM jobs WHERE state IN ('queued', 'running')")}
+        doomed: list[str] = []
+        for series_uid in InstanceIndex.expired_series_in(conn, now - config.instances_days * DAY_S):
+            if series_uid in busy:
+                continue
+            doomed.extend(InstanceIndex.forget_series_in(conn, series_uid))
+            series_deleted += 1
+    for rel in doomed:
+        path = spool_root / rel
+        path.unlink(missing_ok=True)
+        _remove_empty_parents(path, spool_root)
+        instances_deleted += 1
+    result_dirs = 0
+    cutoff = now - config.results_days * DAY_S
+    if results_dir.exists():
+        for version_dir in results_dir.glob("*/*"):
+            if version_dir.is_dir() and version_dir.stat().st_mtime < cutoff:
+                shutil.rmtree(version_dir, ignore_errors=True)
+                _remove_empty_parents(version_dir, results_dir)
+                result_dirs += 1
+    report = SweepReport(series_deleted, instances_deleted, result_dirs)
+    if series_deleted or result_dirs:
+        log_event(logger, "retention.swept", series=series_deleted, instances=instances_deleted,
+                  result_dirs=result_dirs)
+    return report
