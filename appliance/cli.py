@@ -32,7 +32,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except DataDirLockedError as exc:
         print(f"isonode: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         print(f"isonode: cannot start: {exc}", file=sys.stderr)
         return 1
 

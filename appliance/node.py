@@ -21,6 +21,7 @@ from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.recovery import recover_spool
 from dicom_node.scp import PeerRule, ScpSettings, StorageScp, spool_layout
+from kernels import backend_status, select_backend
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,16 @@ class Node:
         log_event(logger, "node.recovered", temp_files_removed=report.temp_files_removed,
                   reindexed=report.reindexed, unreadable=report.unreadable, jobs_requeued=requeued)
 
+    def probe_backends(self) -> None:
+        """Choose the compute back ends once, at start, and say which and why (a forced one must work)."""
+        mc = select_backend(self.config.processing.backend)
+        status = backend_status()
+        log_event(logger, "node.backends", marching_cubes=mc, requested=self.config.processing.backend,
+                  cuda_available=status.cuda_available, device=status.device, reason=status.reason,
+                  cpu_threads=status.cpu_threads)
+
     def start(self) -> tuple[str, int]:
+        self.probe_backends()
         self.recover()
         address = self.scp.start()
         for w in self.workers:

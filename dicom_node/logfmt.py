@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -19,13 +20,25 @@ def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, 
     logger.log(level, event, extra={"fields": fields})
 
 
+_KV = re.compile(r"""(\w+)=('[^']*'|"[^"]*"|\([^)]*\)|\[[^\]]*\]|\S+)""")
+
+
+def _split_logfmt(message: str) -> tuple[str, dict[str, str]]:
+    """`event=name k=v ...` (the logfmt style some modules log in) -> (name, fields)."""
+    pairs = dict((k, v.strip("'\"")) for k, v in _KV.findall(message))
+    return pairs.pop("event", message), pairs
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        event, parsed = _split_logfmt(message) if message.startswith("event=") else (message, {})
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": event,
+            **parsed,
         }
         fields = getattr(record, "fields", None)
         if fields:
