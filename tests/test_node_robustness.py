@@ -93,6 +93,11 @@ def _raw_c_store(port: int, sop_class: str, sop_instance: str, payload: bytes, t
     ae.add_requested_context(sop_class, ts)
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established
+    # Pause the association's own reactor so it cannot take the response off the queue before we do
+    # (what pynetdicom's send_* methods do internally).
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
     try:
         req = C_STORE()
         req.MessageID = 1
@@ -102,8 +107,10 @@ def _raw_c_store(port: int, sop_class: str, sop_instance: str, payload: bytes, t
         req.DataSet = BytesIO(payload)
         assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
         _, rsp = assoc.dimse.get_msg(block=True)
+        assert rsp is not None, "no C-STORE response within the DIMSE timeout"
         return int(rsp.Status)
     finally:
+        assoc._reactor_checkpoint.set()
         assoc.release()
 
 
