@@ -19,6 +19,7 @@ import numpy as np
 from kernels import _mc_cpu
 from kernels.backend import select_backend
 from kernels.mesh import Mesh
+from kernels.mesh_ops import vertex_normals
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,4 @@ def _fill_degenerate_normals(mesh: Mesh) -> None:
     bad = np.einsum("ij,ij->i", n, n) < 0.25
     if not bad.any():
         return
-    v = mesh.vertices.astype(np.float64)
-    t = mesh.triangles.astype(np.int64)
-    fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])
-    acc = np.zeros_like(v)
-    for c in range(3):
-        for d in range(3):
-            acc[:, d] += np.bincount(t[:, c], weights=fn[:, d], minlength=len(v))
-    length = np.linalg.norm(acc[bad], axis=1, keepdims=True)
-    n[bad] = (acc[bad] / np.where(length > 0, length, 1.0)).astype(np.float32)
+    n[bad] = vertex_normals(mesh)[bad]
