@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import echoscu, shared_case, store_responses, storescu
+from conftest import NODE_AE, REPO, echoscu, require_tool, shared_case, store_responses, storescu
 from pydicom.uid import JPEGLSLossless
+
+from compiler.phantom import make_phantom, write_ct_series
 
 
 def _stored_sop_uids(data_dir: Path) -> set[str]:
@@ -83,11 +87,6 @@ def test_duplicate_instance_is_idempotent(node):
 
 
 def test_series_completes_early_on_operator_command(node_factory, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     node = node_factory(completion_timeout_s=3600).start()
     files = sorted((shared_case("crlm_ct_1004_ge_abdomen") / "ct_dicom").glob("*.dcm"))[:5]
     assert storescu(node.port, *files).returncode == 0
@@ -134,3 +133,38 @@ def test_second_server_on_same_data_dir_refuses_to_start(node, node_factory):
     second.data_dir = node.data_dir
     with pytest.raises(RuntimeError, match="another isonode server"):
         second.start()
+
+
+def test_gantry_tilted_head_series_is_resampled_onto_a_regular_grid(node):
+    files = sorted((shared_case("dcmqa_ge_head_gantry_tilt") / "ct_dicom").glob("*.dcm"))
+    result = storescu(node.port, *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    node.wait_for(lambda s: s["jobs"]["done"] == 1, what="tilted series processed")
+    resampled = node.log_events("volume_resampled")
+    assert resampled and resampled[0]["slices_in"] == str(len(files))
+    z, y, x = node.log_events("job.done")[0]["shape"]
+    assert x == 512 and y > 512 and z > len(files)  # sheared stack widened in-plane, finer along the normal
+
+
+def test_enhanced_ct_multiframe_phantom_is_received_and_assembled(node, tmp_path):
+    ph = make_phantom((24, 64, 64), (2.0, 1.5, 1.5), seed=5)
+    files = write_ct_series(ph.hu, tmp_path / "enhanced", spacing=(2.0, 1.5, 1.5), enhanced=True)
+    assert len(files) == 1
+    result = storescu(node.port, *files)
+    assert store_responses(result.stdout + result.stderr)[0][1] == "(Success)", result.stdout
+    node.wait_for(lambda s: s["jobs"]["done"] == 1, what="enhanced CT processed")
+    assert node.log_events("job.done")[0]["shape"] == [24, 64, 64]
+
+
+def test_concurrent_senders_are_all_stored_and_processed(node, tmp_path):
+    series = [write_ct_series(make_phantom((30, 64, 64), (2.0, 2.0, 2.0), seed=s).hu, tmp_path / f"s{s}",
+                              spacing=(2.0, 2.0, 2.0)) for s in range(3)]
+    senders = [subprocess.Popen([require_tool("storescu"), "-R", "-xe", "-aec", NODE_AE, "-aet", f"CT{i}",
+                                 "127.0.0.1", str(node.port), *map(str, files)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for i, files in enumerate(series)]
+    assert [p.wait(timeout=120) for p in senders] == [0, 0, 0]
+    status = node.wait_for(lambda s: s["jobs"]["done"] == 3, what="three series processed")
+    assert status["instances"] == 90 and status["series"] == 3
+    released = node.log_events("association.released")
+    assert sorted(e["stored"] for e in released if e["calling_ae"].startswith("CT")) == [30, 30, 30]
