@@ -96,6 +96,55 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import time
+
+    from appliance.inference.backends import choose_backend
+    from appliance.inference.bundle import BundleError, load_bundle
+    from appliance.inference.grid import grid_of
+    from appliance.inference.nifti import write_label_nifti
+    from appliance.inference.segment import segment_array
+    from dicom_node.volume import VolumeError, assemble_volume
+
+    configure_logging(args.log_level)
+    t0 = time.perf_counter()
+    try:
+        bundle = load_bundle(args.bundle)
+        spec = bundle.mode(args.mode)
+    except BundleError as exc:
+        print(f"isonode: {exc}", file=sys.stderr)
+        return 1
+    t_bundle = time.perf_counter() - t0
+    files = sorted(p for p in Path(args.series_dir).rglob("*") if p.is_file())
+    if not files:
+        print(f"isonode: no files in {args.series_dir}", file=sys.stderr)
+        return 1
+    try:
+        volume = assemble_volume(files)
+    except VolumeError as exc:
+        print(f"isonode: cannot assemble the series: {exc.reason}", file=sys.stderr)
+        return 1
+    t_volume = time.perf_counter() - t0 - t_bundle
+    t1 = time.perf_counter()
+    choice = choose_backend(bundle, spec, preference=args.backend, threads=args.threads, precision=args.precision)
+    t_backend = time.perf_counter() - t1
+    result = segment_array(volume.array, volume.affine, bundle, args.mode, choice.backend)
+    t2 = time.perf_counter()
+    labels = result.labels_on(grid_of(volume.array, volume.affine))
+    t_back = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    out, jpath = write_label_nifti(labels, volume.affine, args.out, bundle.label_names())
+    t_write = time.perf_counter() - t3
+    stages = {"bundle verify": t_bundle, "read+assemble": t_volume, "backend start": t_backend, **result.timings,
+              "to CT grid": t_back, "write": t_write, "total": time.perf_counter() - t0}
+    print(f"backend {choice.backend.name} (skipped: "
+          + (", ".join(f"{k}: {v}" for k, v in choice.skipped.items()) or "none") + ")")
+    for name, secs in stages.items():
+        print(f"{name:14s} {secs:8.3f} s")
+    print(f"wrote {out} {labels.shape[::-1]} and {jpath}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isonode", description="isonode CT edge inference appliance")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(jobs_retry)
     jobs_retry.add_argument("job_id", type=int)
     jobs_retry.set_defaults(func=_cmd_jobs)
+
+    seg = sub.add_parser("segment", help="segment a DICOM series folder with the bundled model -> NIfTI")
+    seg.add_argument("series_dir", type=Path)
+    seg.add_argument("--mode", choices=["preview", "full"], default="preview")
+    seg.add_argument("--out", type=Path, required=True, help="OUT.nii.gz (label map on the original CT grid)")
+    seg.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "ct_chest")
+    seg.add_argument("--backend", choices=["auto", "tensorrt", "ort-gpu", "cpu"], default="auto")
+    seg.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
+                     help="CPU model: auto = what the bundle measured faster")
+    seg.add_argument("--threads", type=int, default=2)
+    seg.add_argument("--log-level", default="WARNING")
+    seg.set_defaults(func=_cmd_segment)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""CT segmentation inference: model bundle, resampling, sliding window, backends (no torch here)."""

@@ -1,0 +1,162 @@
+"""ModelBundle: a directory with manifest.json and the ONNX models it lists, verified on load.
+
+The manifest is the contract between `compiler/` (which writes it) and the appliance (which only reads
+it): labels with SNOMED CT codes and colours, per-mode grid spacing, patch size and model files,
+intensity normalisation, sha256 of every file, training data with licences, and the evaluation table.
+Loading refuses a bundle whose files are missing or whose hashes differ, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """The bundle cannot be used; the message names the file or key and what is wrong."""
+
+
+class Code(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    scheme: str
+    meaning: str
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: int = Field(ge=1, le=255)
+    name: str
+    category: Code
+    type: Code
+    color: tuple[int, int, int]
+    experimental: bool = False
+
+
+class Normalisation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["clip_scale"] = "clip_scale"
+    clip: tuple[float, float]
+    scale: float
+    # second input channel: left-right position, mm from the field-of-view centre / this value
+    x_coordinate_mm: float = 100.0
+
+
+class ModeSpec(BaseModel):
+    """One operating point: grid spacing (sz, sy, sx) mm, static patch (z, y, x), batch, model files."""
+
+    model_config = ConfigDict(extra="forbid")
+    spacing: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    batch: int = 1
+    overlap: float = Field(0.25, ge=0.0, lt=0.9)
+    fp32: str
+    int8: str | None = None
+    student: str = ""
+    # which file the ONNX Runtime CPU backend runs by default: the build times both on a patch
+    cpu_precision: Literal["int8", "fp32"] = "int8"
+    cpu_ms_per_patch: dict[str, float] = {}
+
+
+class TrainingCase(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    licence: str
+    use: str  # train | heldout | synthetic
+    labels: str = ""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    created: str = ""
+    labels: list[Label]
+    normalisation: Normalisation
+    modes: dict[str, ModeSpec]
+    files: dict[str, str]  # file name -> sha256
+    training_data: list[TrainingCase] = []
+    evaluation: dict = {}
+    provenance: dict = {}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelBundle:
+    """A verified bundle: `manifest` plus `path(name)` for its files and `digest` (hash of the manifest)."""
+
+    def __init__(self, root: Path, manifest: Manifest, digest: str) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.digest = digest
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def mode(self, mode: str) -> ModeSpec:
+        if mode not in self.manifest.modes:
+            raise BundleError(f"bundle {self.root} has no mode {mode!r} (has {sorted(self.manifest.modes)})")
+        return self.manifest.modes[mode]
+
+    def label_names(self) -> dict[int, str]:
+        return {lab.value: lab.name for lab in self.manifest.labels}
+
+
+def load_bundle(root: Path | str, *, verify: bool = True) -> ModelBundle:
+    """Read and validate manifest.json and check every listed file's sha256. Raises BundleError."""
+    root = Path(root)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"model bundle {root}: {MANIFEST} not found")
+    raw = mpath.read_bytes()
+    try:
+        manifest = Manifest.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"model bundle {root}: {MANIFEST} is not valid JSON ({exc})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"model bundle {root}: {MANIFEST} key {where}: {first['msg']}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise BundleError(f"model bundle {root}: format_version {manifest.format_version}, expected {FORMAT_VERSION}")
+    for mode, spec in manifest.modes.items():
+        for fname in filter(None, (spec.fp32, spec.int8)):
+            if fname not in manifest.files:
+                raise BundleError(f"model bundle {root}: mode {mode} uses {fname}, which has no sha256 in files")
+    if verify:
+        for fname, expected in manifest.files.items():
+            fpath = root / fname
+            if not fpath.is_file():
+                raise BundleError(f"model bundle {root}: file {fname} is missing")
+            actual = sha256_file(fpath)
+            if actual != expected:
+                raise BundleError(
+                    f"model bundle {root}: file {fname} is corrupt (sha256 {actual[:16]}..., manifest says "
+                    f"{expected[:16]}...)"
+                )
+    return ModelBundle(root, manifest, hashlib.sha256(raw).hexdigest())
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    """Fill in the sha256 of every file the modes use (plus those already listed) and write manifest.json."""
+    names = set(manifest.files)
+    for spec in manifest.modes.values():
+        names.update(filter(None, (spec.fp32, spec.int8)))
+    manifest.files = {n: sha256_file(root / n) for n in sorted(names)}
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Reference labels for training and evaluation: the label table and the rule-based labeller."""

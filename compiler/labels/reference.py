@@ -1,0 +1,287 @@
+"""Rule-based reference labeller: body, lungs (left/right), airway and bone from HU and morphology.
+
+Slow and careful rather than fast: it makes the training targets and the evaluation references for
+real CT that has no human labels. It runs on an LPS-aligned grid (x -> patient left, y -> posterior,
+z -> superior; see `appliance.inference.grid.lps_grid`), typically the 1.5 mm model grid.
+
+Where the rules cannot see an organ they say so instead of guessing: the result carries a per-voxel
+`labelled` mask (False = no opinion: the losses and the evaluation ignore that voxel) and the set of
+classes the volume has knowledge of (`known`). Organs the rules never label (heart, aorta, liver) are
+not known; a voxel labelled body may then be any of them (see `compiler.train.losses`).
+
+Rules:
+* body: largest component of HU > -300 after an in-plane opening that detaches the table, grown back
+  to the threshold mask near the surviving body, holes filled slice by slice;
+* airway: a round air column near the midline in the most superior slices of the largest internal air
+  component (the trachea), region-grown at increasing HU thresholds until the volume jumps (a leak);
+* lungs: air (< -500 HU) inside the body that is not airway and not gas-like (mean HU > -970), split
+  into left/right by components (eroding until two appear), vessels included by slice-wise closing;
+  if one side holds much less aerated lung than the mirror image of the other (collapse, consolidation,
+  effusion), the mirrored region on that side is marked unlabelled;
+* bone: HU > 250 with marrow filled slice by slice; components with no cortex-like voxels (p95 < 450 HU)
+  or that are homogeneous (contrast-filled vessels, bowel, kidneys: p95 - median < 150 and p95 < 800)
+  are rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from compiler.labels.table import VALUE
+
+log = logging.getLogger(__name__)
+
+RULE_CLASSES = frozenset({0, 1, 2, 3, 4, 5})
+RULES_VERSION = 2  # bump when a rule changes: cached reference labels are keyed by it
+
+
+@dataclass
+class ReferenceLabels:
+    """Labels (uint8, label-table values), `labelled` (bool: False = ignore), `known` class values."""
+
+    labels: np.ndarray
+    labelled: np.ndarray
+    known: frozenset[int]
+    notes: list[str] = field(default_factory=list)
+
+
+def _disk(radius_vox: float) -> np.ndarray:
+    r = max(1, int(round(radius_vox)))
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return (x * x + y * y <= r * r)[None]
+
+
+def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    rz, ry, rx = (max(1, int(round(radius_mm / s))) for s in spacing)
+    z, y, x = np.ogrid[-rz : rz + 1, -ry : ry + 1, -rx : rx + 1]
+    return ((z * spacing[0]) ** 2 + (y * spacing[1]) ** 2 + (x * spacing[2]) ** 2) <= radius_mm**2 + 1e-6
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    out = np.empty_like(mask)
+    for k in range(mask.shape[0]):
+        out[k] = ndimage.binary_fill_holes(mask[k])
+    return out
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Skin surface with holes filled; the table (thin, attached at most by padding) removed."""
+    dense = hu > -300
+    r = 6.0 / spacing[1]
+    opened = ndimage.binary_opening(dense, structure=_disk(r))
+    core = _largest(opened)
+    grown = ndimage.binary_dilation(core, structure=_disk(r + 1)) & dense
+    return _fill_slices(_largest(grown | core))
+
+
+def _trachea_seed(air: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing) -> tuple[int, int, int] | None:
+    """A voxel of the trachea: a small round air region near the midline in the top slices of the air."""
+    vox_area = spacing[1] * spacing[2]
+    xs = np.nonzero(body.any(axis=(0, 1)))[0]
+    if xs.size == 0:
+        return None
+    mid_x = 0.5 * (xs[0] + xs[-1])
+    pure = air & (hu < -900)
+    # the trachea runs above the middle of the lungs; bowel gas lies below them
+    lab_air, n_air = ndimage.label(air)
+    if n_air == 0:
+        return None
+    sizes = np.bincount(lab_air.ravel())
+    sizes[0] = 0
+    biggest = lab_air == int(np.argmax(sizes))
+    if sizes.max() * np.prod(spacing) / 1000.0 < 100.0:
+        return None
+    z_lungs = float(np.nonzero(biggest.any(axis=(1, 2)))[0].mean())
+    zs = np.nonzero(pure.any(axis=(1, 2)))[0]
+    for k in zs[::-1]:
+        if k <= z_lungs:
+            break
+        lab, n = ndimage.label(pure[k])
+        for i in range(1, n + 1):
+            comp = lab == i
+            area = comp.sum() * vox_area
+            if not 40.0 <= area <= 900.0:
+                continue
+            yy, xx = np.nonzero(comp)
+            if abs(xx.mean() - mid_x) * spacing[2] > 35.0:
+                continue
+            # the column must go on (connected in 3D) for at least 2 cm below
+            depth = max(2, int(20.0 / spacing[0]))
+            if k - depth < 0:
+                continue
+            lab3, _ = ndimage.label(pure[k - depth : k + 1])
+            ids = np.unique(lab3[-1][comp])
+            if not np.isin(lab3[0], ids[ids > 0]).any():
+                continue
+            return int(k), int(round(yy.mean())), int(round(xx.mean()))
+    return None
+
+
+def airway_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray | None:
+    """Trachea and main bronchi by leak-controlled region growing; None when no trachea is visible."""
+    air = body & (hu < -500)
+    seed = _trachea_seed(air, hu, body, spacing)
+    if seed is None:
+        return None
+    vox_ml = np.prod(spacing) / 1000.0
+    best = None
+    prev = 0.0
+    for thr in (-980, -960, -940, -920, -900, -880, -860):
+        lab, _ = ndimage.label((hu < thr) & body)
+        if lab[seed] == 0:
+            continue
+        comp = lab == lab[seed]
+        vol = comp.sum() * vox_ml
+        if vol > 250.0 or (prev > 0 and vol > 2.2 * prev and vol > 20.0):
+            break  # leaked into the lungs
+        best, prev = comp, vol
+    if best is None:
+        return None
+    return ndimage.binary_closing(best, structure=_ball(1.0 * max(spacing), spacing)) | best
+
+
+def _split_lungs(lungs: np.ndarray, mid_x: float) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right): left is on the high-x side (LPS +x = patient left)."""
+    mask = lungs
+    for _ in range(8):
+        lab, n = ndimage.label(mask)
+        sizes = np.bincount(lab.ravel())[1:]
+        if n >= 2:
+            order = np.argsort(sizes)[::-1]
+            xs = [np.nonzero(lab == c + 1)[2].mean() for c in order[:2]]
+            opposite = (xs[0] - mid_x) * (xs[1] - mid_x) < 0
+            if sizes[order[1]] > 0.15 * sizes[order[0]] and opposite:
+                seeds = np.zeros(lungs.shape, dtype=np.int8)
+                for side, comp in ((1, order[0] + 1), (2, order[1] + 1)):
+                    seeds[lab == comp] = side
+                # give every lung voxel the side of its nearest seed
+                _, (iz, iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+                sides = seeds[iz, iy, ix]
+                a, b = sides == 1, sides == 2
+                xa = np.nonzero(a & lungs)[2].mean()
+                xb = np.nonzero(b & lungs)[2].mean()
+                left_side = a if xa > xb else b
+                return lungs & left_side, lungs & ~left_side
+        if n == 0:
+            break
+        mask = ndimage.binary_erosion(mask)
+    # one lung or fused: split at the midline
+    x = np.arange(lungs.shape[2])[None, None, :]
+    return lungs & (x >= mid_x), lungs & (x < mid_x)
+
+
+def _close_lung(mask: np.ndarray, spacing) -> np.ndarray:
+    closed = ndimage.binary_closing(mask, structure=_disk(3.0 / spacing[1]), border_value=0)
+    return _fill_slices(closed | mask)
+
+
+def lung_masks(
+    hu: np.ndarray, body: np.ndarray, airway: np.ndarray | None, spacing
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(left, right, unlabelled region, notes)."""
+    notes: list[str] = []
+    vox_ml = np.prod(spacing) / 1000.0
+    air = body & (hu < -500)
+    if airway is not None:
+        air &= ~ndimage.binary_dilation(airway, iterations=1)
+    lab, n = ndimage.label(air)
+    keep = np.zeros(n + 1, dtype=bool)
+    if n:
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        means = ndimage.mean(hu, lab, index=np.arange(n + 1))
+        keep = (sizes * vox_ml > 40.0) & (np.asarray(means) > -970.0)
+        keep[0] = False
+    lungs = keep[lab]
+    xs = np.nonzero(body.any(axis=(0, 1)))[0]
+    mid_x = 0.5 * (xs[0] + xs[-1]) if xs.size else lungs.shape[2] / 2
+    if airway is not None and airway.any():
+        mid_x = float(np.nonzero(airway)[2].mean())
+    empty = np.zeros_like(lungs)
+    if not lungs.any():
+        return empty, empty, empty, notes
+    left, right = _split_lungs(lungs, mid_x)
+    left, right = _close_lung(left, spacing), _close_lung(right, spacing)
+    right &= ~left
+    unlabelled = np.zeros_like(lungs)
+    vl, vr = left.sum() * vox_ml, right.sum() * vox_ml
+    for small, big, name in ((right, left, "right"), (left, right, "left")):
+        vs, vb = small.sum() * vox_ml, big.sum() * vox_ml
+        if vb > 200.0 and vs < 0.6 * vb:
+            # mirror the healthy side across the midline: where this side's lung should be
+            xi = np.arange(lungs.shape[2])
+            src = np.clip(np.rint(2 * mid_x - xi).astype(int), 0, lungs.shape[2] - 1)
+            mirrored = big[:, :, src]
+            region = ndimage.binary_dilation(mirrored, structure=_ball(10.0, spacing)) & body & ~small & ~big
+            unlabelled |= region
+            notes.append(f"{name} lung {vs:.0f} ml vs {vb:.0f} ml on the other side: mirrored region unlabelled")
+    log.info("event=reference_lungs left_ml=%.0f right_ml=%.0f unlabelled_ml=%.0f", vl, vr,
+             unlabelled.sum() * vox_ml)
+    return left, right, unlabelled, notes
+
+
+def _vessel_mask(hu: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
+    """Contrast-filled vessels and heart chambers among dense voxels, by shape and texture: the lumen is
+    thick (>= 3 mm from the edge of the dense region) and homogeneous (local SD < 90 HU over 5 voxels)
+    at a moderate mean, where trabecular bone is textured and cortex is thin or brighter."""
+    dist = ndimage.distance_transform_edt(dense, sampling=spacing)
+    mean = ndimage.uniform_filter(hu, 5)
+    sd = np.sqrt(np.maximum(ndimage.uniform_filter(hu * hu, 5) - mean * mean, 0.0))
+    seeds = (dist >= 3.0) & (sd < 90.0) & (mean > 180.0) & (mean < 1500.0)
+    grown = ndimage.binary_dilation(seeds, structure=_ball(3.5, spacing))
+    return grown & dense & (hu < 2000)
+
+
+def bone_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
+    """Cortex threshold, marrow filled; contrast-filled vessels (by shape) and homogeneous or
+    cortex-free components (bowel contrast, kidneys) rejected."""
+    dense = (hu > 250) & body
+    dense &= ~_vessel_mask(hu, dense, spacing)
+    dense = ndimage.binary_closing(dense, structure=_ball(1.0 * max(spacing), spacing)) | dense
+    filled = _fill_slices(dense)
+    lab, n = ndimage.label(filled)
+    if n == 0:
+        return filled
+    idx = np.arange(1, n + 1)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    p95 = ndimage.labeled_comprehension(hu, lab, idx, lambda v: np.percentile(v, 95), np.float32, 0)
+    med = ndimage.median(hu, lab, idx)
+    vox_ml = np.prod(spacing) / 1000.0
+    cortex = p95 >= 450
+    heterogeneous = ((p95 - np.asarray(med)) >= 150) | (p95 >= 800)
+    keep = np.concatenate([[False], (sizes * vox_ml >= 0.1) & cortex & heterogeneous])
+    return keep[lab]
+
+
+def reference_labels(hu: np.ndarray, spacing: tuple[float, float, float]) -> ReferenceLabels:
+    """Label one LPS-aligned HU volume (z, y, x) with spacing (sz, sy, sx) mm."""
+    hu = np.asarray(hu, dtype=np.float32)
+    body = body_mask(hu, spacing)
+    airway = airway_mask(hu, body, spacing)
+    left, right, unlabelled, notes = lung_masks(hu, body, airway, spacing)
+    bone = bone_mask(hu, body, spacing)
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    labels[body] = VALUE["body"]
+    labels[left] = VALUE["lung_left"]
+    labels[right] = VALUE["lung_right"]
+    known = set(RULE_CLASSES)
+    if airway is not None:
+        labels[airway & body] = VALUE["airway"]
+    elif left.any() or right.any():
+        known.discard(VALUE["airway"])
+        notes.append("no trachea visible: airway unknown")
+    labels[bone] = VALUE["bone"]
+    labelled = ~unlabelled
+    return ReferenceLabels(labels, labelled, frozenset(known), notes)

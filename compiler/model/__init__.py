@@ -1,0 +1,1 @@
+"""PyTorch side of the toolchain (torch is imported only inside compiler/)."""

@@ -1,0 +1,109 @@
+"""A TensorRT-friendly 3D U-Net whose every conv layer has its own width, so it can be channel-pruned.
+
+TensorRT-friendly: Conv3d + BatchNorm (folded into the conv at export) + ReLU, strided convs to go
+down, nearest upsample + conv to go up (no ConvTranspose3d), concatenation skips, static shapes.
+The layer graph is explicit (`LayerSpec.inputs`) so structured pruning can slice every weight tensor
+consistently, concatenations included (`compiler.model.prune`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    inputs: tuple[str, ...]  # layer names, concatenated in order; "input" is the image
+    stride: int = 1
+    upsample: bool = False  # nearest x2 upsample of the (single) input before the conv
+
+
+def layer_graph(depth: int) -> list[LayerSpec]:
+    """enc{i}a/b down the encoder, dec{i}u (upsample+conv) and dec{i}b (after the skip concat) up."""
+    specs = [LayerSpec("enc0a", ("input",)), LayerSpec("enc0b", ("enc0a",))]
+    for i in range(1, depth):
+        specs += [LayerSpec(f"enc{i}a", (f"enc{i - 1}b",), stride=2), LayerSpec(f"enc{i}b", (f"enc{i}a",))]
+    prev = f"enc{depth - 1}b"
+    for i in range(depth - 2, -1, -1):
+        specs += [LayerSpec(f"dec{i}u", (prev,), upsample=True), LayerSpec(f"dec{i}b", (f"dec{i}u", f"enc{i}b"))]
+        prev = f"dec{i}b"
+    return specs
+
+
+def default_widths(base: int, depth: int) -> dict[str, int]:
+    w = {}
+    for spec in layer_graph(depth):
+        level = int(spec.name[3])
+        w[spec.name] = base * (2**level)
+    return w
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, upsample: bool = False) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.conv = nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(cout)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample:
+            x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.act(self.bn(self.conv(x)))
+
+
+class UNet3d(nn.Module):
+    """Input (N, in_channels, D, H, W): normalised CT, then the left-right coordinate; output (N, classes, D, H, W) logits. D, H, W % 2**(depth-1) == 0."""
+
+    def __init__(self, widths: dict[str, int], depth: int, n_classes: int, in_channels: int = 2) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.depth = depth
+        self.n_classes = n_classes
+        self.widths = dict(widths)
+        self.specs = layer_graph(depth)
+        self.layers = nn.ModuleDict()
+        for spec in self.specs:
+            cin = sum(in_channels if src == "input" else widths[src] for src in spec.inputs)
+            self.layers[spec.name] = ConvBnAct(cin, widths[spec.name], spec.stride, spec.upsample)
+        self.head = nn.Conv3d(widths[self.specs[-1].name], n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = {"input": x}
+        for spec in self.specs:
+            srcs = [out[s] for s in spec.inputs]
+            out[spec.name] = self.layers[spec.name](srcs[0] if len(srcs) == 1 else torch.cat(srcs, dim=1))
+        return self.head(out[self.specs[-1].name])
+
+    def config(self) -> dict:
+        return {"widths": self.widths, "depth": self.depth, "n_classes": self.n_classes,
+                "in_channels": self.in_channels}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> UNet3d:
+        return cls(cfg["widths"], cfg["depth"], cfg["n_classes"], cfg.get("in_channels", 2))
+
+
+def make_unet(base: int, depth: int, n_classes: int, in_channels: int = 2) -> UNet3d:
+    return UNet3d(default_widths(base, depth), depth, n_classes, in_channels)
+
+
+def fold_batchnorm(model: UNet3d) -> UNet3d:
+    """A copy where every BatchNorm is folded into its conv (conv gets a bias, BN becomes identity)."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    for layer in m.layers.values():
+        conv, bn = layer.conv, layer.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv3d(conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=1, bias=True)
+        with torch.no_grad():
+            fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1, 1))
+            fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        layer.conv = fused
+        layer.bn = nn.Identity()
+    return m

@@ -1,0 +1,205 @@
+"""Training stages: patch sampling with augmentation, the partial-label loss, teacher training and
+student distillation (with BN-sparsity so the student can be channel-pruned afterwards).
+
+Partial labels: a voxel's `known` bitmask says which classes its label is authoritative about. The loss
+is the marginal cross-entropy -log sum_{c allowed} p_c where `allowed` = {label} plus the classes the
+voxel knows nothing about that its label could hide: a body voxel may be any unknown organ (an
+unlabelled heart is "body or heart"), a lung voxel may be an unknown airway; voxels with known == 0
+allow every class and so contribute nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from appliance.inference.normalise import normalise_hu, x_coordinate
+from compiler.data import ALL_KNOWN, LabelledVolume
+from compiler.labels.table import NUM_CLASSES, VALUE
+
+log = logging.getLogger(__name__)
+
+LR_SWAP = np.arange(NUM_CLASSES, dtype=np.uint8)
+LR_SWAP[[VALUE["lung_left"], VALUE["lung_right"]]] = [VALUE["lung_right"], VALUE["lung_left"]]
+
+
+@dataclass
+class TrainConfig:
+    patch: tuple[int, int, int] = (48, 48, 48)
+    batch: int = 2
+    steps: int = 600
+    lr: float = 3e-3
+    seed: int = 0
+    fg_fraction: float = 0.6  # patches centred on a random foreground class
+    sparsity: float = 0.0  # L1 on BN gammas (network slimming), for the pruning stage
+    distill_alpha: float = 0.5  # weight of the teacher's soft targets
+    temperature: float = 2.0
+    log_every: int = 50
+    label_prior: float = 0.1  # weak plain CE on the given label: where a class is unknown, prefer the label
+
+
+def _labelled_ce(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    ce = nn.functional.cross_entropy(logits, lab.long(), reduction="none")
+    w = (known != 0).float()
+    return (ce * w).sum() / w.sum().clamp(min=1)
+
+
+def _bit_lut() -> np.ndarray:
+    """bits (uint16 value) -> per-class known flags is computed on the fly; this is the class bit table."""
+    return (1 << np.arange(NUM_CLASSES)).astype(np.int64)
+
+
+def sample_patch(vol: LabelledVolume, patch: tuple[int, int, int], rng: np.random.Generator, fg_fraction: float):
+    """(hu, labels, known) crops of `patch`, padded with air / background / unknown where needed."""
+    shape = np.array(vol.hu.shape)
+    p = np.array(patch)
+    if rng.uniform() < fg_fraction:
+        present = [c for c in range(1, NUM_CLASSES) if c in vol.present]
+        c = int(rng.choice(present)) if present else 1
+        idx = vol.class_index(c)
+        centre = np.array(np.unravel_index(idx[rng.integers(len(idx))], vol.hu.shape))
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start = centre - p // 2 + rng.integers(-p // 4, p // 4 + 1)
+    start = np.clip(start, np.minimum(0, shape - p), np.maximum(0, shape - p))
+    hu = np.full(patch, -1024.0, dtype=np.float32)
+    lab = np.zeros(patch, dtype=np.uint8)
+    known = np.full(patch, 1, dtype=np.uint16)  # outside the scan: known background only
+    src = tuple(slice(max(s, 0), min(s + q, n)) for s, q, n in zip(start, p, shape, strict=True))
+    dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start, strict=True))
+    hu[dst] = vol.hu[src]
+    lab[dst] = vol.labels[src]
+    known[dst] = vol.known[src]
+    coord = x_coordinate(int(shape[2]), vol.grid.spacing[2], int(start[2]), int(p[2]))
+    return hu, lab, known, np.ascontiguousarray(np.broadcast_to(coord[None, None, :], patch))
+
+
+def augment(hu, lab, known, coord, rng: np.random.Generator):
+    """Intensity (scale/shift), noise, resolution (blur), left-right flip (lung labels swapped and the
+    coordinate mirrored: a mirrored patient), rotation."""
+    hu = hu * rng.uniform(0.92, 1.08) + rng.uniform(-30, 30)
+    if rng.uniform() < 0.3:
+        sig = rng.uniform(0.5, 1.2, size=3)
+        sig[0] *= rng.uniform(0.5, 2.0)  # anisotropic: thick slices
+        hu = ndimage.gaussian_filter(hu, sig)
+    if rng.uniform() < 0.5:
+        hu = hu + rng.normal(0, rng.uniform(5, 35), hu.shape).astype(np.float32)
+    if rng.uniform() < 0.2:
+        hu, lab, known, coord = hu[:, :, ::-1], LR_SWAP[lab[:, :, ::-1]], known[:, :, ::-1], -coord[:, :, ::-1]
+    if rng.uniform() < 0.25:
+        ang = rng.uniform(-12, 12)
+        hu = ndimage.rotate(hu, ang, axes=(1, 2), reshape=False, order=1, cval=-1024.0)
+        lab = ndimage.rotate(lab, ang, axes=(1, 2), reshape=False, order=0, cval=0)
+        known = ndimage.rotate(known, ang, axes=(1, 2), reshape=False, order=0, cval=1)
+        coord = ndimage.rotate(coord, ang, axes=(1, 2), reshape=False, order=1, mode="nearest")
+    return (np.ascontiguousarray(hu), np.ascontiguousarray(lab), np.ascontiguousarray(known),
+            np.ascontiguousarray(coord, dtype=np.float32))
+
+
+def allowed_mask(lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) bool: classes each voxel's target admits (module docstring)."""
+    bits = (1 << torch.arange(NUM_CLASSES)).reshape(1, -1, *([1] * (lab.dim() - 1)))
+    kb = known.unsqueeze(1).long()
+    cls = torch.arange(NUM_CLASSES).reshape(1, -1, *([1] * (lab.dim() - 1)))
+    is_label = lab.unsqueeze(1).long() == cls
+    unknown = (kb & bits) == 0
+    lab1 = lab.unsqueeze(1).long()
+    # rules label an organ they cannot see as body, and an unseen bronchus as lung: only those may hide it
+    body = lab1 == VALUE["body"]
+    lung = (lab1 == VALUE["lung_left"]) | (lab1 == VALUE["lung_right"])
+    hideable = (body & (cls > 1)) | (lung & (cls == VALUE["airway"]))
+    return is_label | (unknown & hideable) | (kb == 0)
+
+
+def marginal_ce(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits, dim=1)
+    lse = torch.logsumexp(logp.masked_fill(~allowed, -1e4), dim=1)
+    informative = (~allowed).any(dim=1)
+    return -(lse * informative).sum() / informative.sum().clamp(min=1)
+
+
+def soft_dice(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice loss over foreground classes, counted only where the class is known."""
+    prob = torch.softmax(logits, dim=1)
+    bits = (1 << torch.arange(NUM_CLASSES)).reshape(1, -1, 1, 1, 1)
+    kmask = ((known.unsqueeze(1).long() & bits) != 0).float()
+    onehot = nn.functional.one_hot(lab.long(), NUM_CLASSES).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    inter = (prob * onehot * kmask).sum(dims)
+    denom = ((prob + onehot) * kmask).sum(dims)
+    present = onehot.mul(kmask).sum(dims) > 0
+    dice = (2 * inter + 1) / (denom + 1)
+    return (1 - dice[1:])[present[1:]].mean() if present[1:].any() else logits.sum() * 0
+
+
+class PatchStream:
+    """Endless augmented batches from a list of volumes (weights pick the volume)."""
+
+    def __init__(self, volumes: list[LabelledVolume], cfg: TrainConfig, weights: list[float] | None = None):
+        self.volumes = volumes
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        w = np.asarray(weights if weights is not None else [1.0] * len(volumes), dtype=np.float64)
+        self.p = w / w.sum()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hs, ls, ks = [], [], []
+        for _ in range(self.cfg.batch):
+            vol = self.volumes[int(self.rng.choice(len(self.volumes), p=self.p))]
+            h, lab, k, c = augment(*sample_patch(vol, self.cfg.patch, self.rng, self.cfg.fg_fraction), self.rng)
+            hs.append(np.stack([normalise_hu(h), c]))
+            ls.append(lab)
+            ks.append(k.astype(np.int32))
+        return (torch.from_numpy(np.stack(hs)), torch.from_numpy(np.stack(ls)),
+                torch.from_numpy(np.stack(ks)))
+
+
+def _bn_l1(model: nn.Module) -> torch.Tensor:
+    return sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.BatchNorm3d))
+
+
+def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.Module | None = None,
+          stage: str = "train") -> dict:
+    """Adam + cosine LR; marginal CE + soft Dice, plus KL to the teacher's soft outputs when given."""
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0))))
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    t0, hist = time.monotonic(), []
+    for step in range(cfg.steps):
+        x, lab, known = stream.next()
+        logits = model(x)
+        loss = marginal_ce(logits, allowed_mask(lab, known)) + soft_dice(logits, lab, known)
+        loss = loss + cfg.label_prior * _labelled_ce(logits, lab, known)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = torch.softmax(teacher(x) / cfg.temperature, dim=1)
+            kl = nn.functional.kl_div(torch.log_softmax(logits / cfg.temperature, dim=1), soft,
+                                      reduction="batchmean") / math.prod(cfg.patch)
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl * cfg.temperature**2
+        if cfg.sparsity > 0:
+            loss = loss + cfg.sparsity * _bn_l1(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist.append(float(loss.detach()))
+        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
+            log.info("event=train stage=%s step=%d loss=%.4f elapsed_s=%.0f", stage, step + 1,
+                     float(np.mean(hist[-cfg.log_every:])), time.monotonic() - t0)
+    model.eval()
+    return {"stage": stage, "steps": cfg.steps, "final_loss": float(np.mean(hist[-cfg.log_every:])),
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+__all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "marginal_ce", "train"]

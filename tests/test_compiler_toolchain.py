@@ -1,0 +1,98 @@
+"""compiler: every toolchain stage on tiny phantoms (CI smoke), pruning and export invariants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch", reason="the model toolchain needs the `model` extra (torch)")
+
+from appliance.inference.bundle import load_bundle  # noqa: E402
+from compiler.build import SMOKE, build  # noqa: E402
+from compiler.model.export import export_onnx  # noqa: E402
+from compiler.model.prune import prune_unet  # noqa: E402
+from compiler.model.unet import make_unet  # noqa: E402
+from compiler.train import allowed_mask, marginal_ce  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smoke_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    return build(root / "bundle", SMOKE, root / "work", threads=1)
+
+
+def test_smoke_build_runs_every_stage_and_writes_a_verified_bundle(smoke_bundle):
+    bundle = load_bundle(smoke_bundle)
+    m = bundle.manifest
+    assert [s["stage"] for s in m.provenance["training"]["stages"]] == ["teacher", "student", "finetune"]
+    spec = m.modes["preview"]
+    assert spec.fp32 in m.files and spec.int8 in m.files
+    assert m.evaluation["cases"], "the held-out evaluation must run"
+    row = next(iter(m.evaluation["cases"].values()))
+    assert {"teacher", "fp32", "int8", "int8_vs_fp32"} <= set(row)
+    assert [lab.name for lab in m.labels][:5] == ["body", "bone", "lung_left", "lung_right", "airway"]
+
+
+def test_int8_model_is_qdq_with_the_first_conv_left_in_fp32(smoke_bundle):
+    m = onnx.load(str(smoke_bundle / "preview.int8.onnx"))
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert "ConvTranspose" not in ops and "BatchNormalization" not in ops
+    first_conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    producer = {o: n for n in m.graph.node for o in n.output}
+    assert producer.get(first_conv.input[0]) is None or producer[first_conv.input[0]].op_type != "DequantizeLinear"
+    zero_points = [i for i in m.graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and all(not np.any(onnx.numpy_helper.to_array(z)) for z in zero_points)  # symmetric
+
+
+def test_pruning_keeps_outputs_when_nothing_is_removed_and_shrinks_channels():
+    torch.manual_seed(0)
+    model = make_unet(8, 3, 9).eval()
+    for layer in model.layers.values():
+        layer.bn.weight.data.uniform_(0.0, 1.0)
+    x = torch.randn(1, 2, 16, 16, 16)
+    same = prune_unet(model, 1.0)
+    assert torch.allclose(same(x), model(x), atol=1e-5)
+    small = prune_unet(model, 0.5)
+    assert all(small.widths[k] <= max(4, model.widths[k] // 2 + 1) for k in model.widths)
+    assert sum(p.numel() for p in small.parameters()) < 0.4 * sum(p.numel() for p in model.parameters())
+
+
+def test_exported_onnx_matches_torch_with_batchnorm_folded(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    model = make_unet(4, 3, 9)
+    model.train()
+    model(torch.randn(2, 2, 16, 16, 16))  # non-trivial BN statistics
+    model.eval()
+    path = export_onnx(model, tmp_path / "m.onnx", (16, 16, 16))
+    x = torch.randn(1, 2, 16, 16, 16)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert np.abs(out - model(x).detach().numpy()).max() < 1e-3
+
+
+def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():
+    lab = torch.tensor([[1, 1, 0, 3]])
+    known_all = (1 << 9) - 1
+    # heart unknown / nothing known / all known / heart unknown in a lung voxel
+    known = torch.tensor([[known_all & ~(1 << 6), 0, known_all, known_all & ~(1 << 6)]])
+    allowed = allowed_mask(lab, known)
+    assert allowed[0, :, 0].tolist() == [c in (1, 6) for c in range(9)]
+    assert allowed[0, :, 1].all()
+    assert allowed[0, :, 2].tolist() == [c == 0 for c in range(9)]
+    assert allowed[0, :, 3].tolist() == [c == 3 for c in range(9)]  # a lung voxel cannot hide a heart
+    heart = torch.full((1, 9, 4), -5.0)
+    heart[0, 6, :2] = 5.0
+    heart[0, 0, 2] = 5.0
+    heart[0, 3, 3] = 5.0  # voxel 2 correct (background); voxel 0 says heart, allowed; voxel 1 ignored
+    assert float(marginal_ce(heart, allowed)) < 0.01
+
+
+def test_manifest_lists_training_data_with_licences(smoke_bundle):
+    raw = json.loads((smoke_bundle / "manifest.json").read_text())
+    assert any(t["use"] == "synthetic" for t in raw["training_data"])
+    assert all(t["licence"] for t in raw["training_data"])

@@ -1,0 +1,171 @@
+"""appliance.inference: grids and resampling, sliding-window blending, the model bundle's integrity
+checks, backend probing, and `isonode segment` on a phantom DICOM series (committed bundle)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.inference.backends import _ort_gpu_reason, _tensorrt_reason, choose_backend
+from appliance.inference.bundle import BundleError, load_bundle
+from appliance.inference.grid import Grid, grid_of, lps_grid, resample
+from appliance.inference.sliding import gaussian_weights, sliding_window, window_starts
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = REPO / "models" / "ct_chest"
+
+
+def test_lps_grid_of_a_flipped_stack_resamples_to_the_same_anatomy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    flipped_aff = aff.copy()
+    flipped_aff[:3, 0] *= -1  # x runs right-to-left in the file
+    flipped_aff[:3, 3] = [14.0, 0.0, 0.0]
+    grid = lps_grid(grid_of(a, aff), (3.0, 2.0, 2.0))
+    assert grid.shape == a.shape
+    np.testing.assert_allclose(resample(a, aff, grid), a, atol=1e-5)
+    np.testing.assert_allclose(resample(a[:, :, ::-1], flipped_aff, grid), a, atol=1e-5)
+
+
+def test_general_affine_path_agrees_with_the_separable_path():
+    z, y, x = np.mgrid[0:10, 0:12, 0:14].astype(np.float32)
+    a = 3 * x + 2 * y + z  # linear: trilinear interpolation is exact
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    theta = np.deg2rad(10)
+    rot = np.eye(4)
+    rot[:2, :2] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    dst = Grid((4, 4, 4), rot @ np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, 4.0], [0, 0, 0, 4.0], [0, 0, 0, 3.0], [0, 0, 0, 0]]))
+    out = resample(a, aff, dst)
+    pts = dst.affine @ np.stack([g.ravel() for g in np.mgrid[0:4, 0:4, 0:4][::-1]] + [np.ones(64)])
+    expect = (3 * pts[0] + 2 * pts[1] + pts[2]).reshape(4, 4, 4)
+    np.testing.assert_allclose(out, expect, atol=1e-3)
+
+
+def test_windows_cover_the_volume_and_gaussian_weights_peak_in_the_centre():
+    assert window_starts(10, 16, 0.25) == [0]
+    s = window_starts(100, 32, 0.25)
+    assert s[0] == 0 and s[-1] == 68 and all(b - a <= 24 for a, b in zip(s, s[1:], strict=False))
+    w = gaussian_weights((8, 8, 8))
+    assert w.max() == pytest.approx(1.0) and w[0, 0, 0] < w[4, 4, 4]
+
+
+def test_sliding_window_blending_reproduces_a_pointwise_model_exactly():
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 3, size=(21, 30, 17)).astype(np.float32)
+    classes = np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1, 1)
+
+    def run(x):  # a voxel-wise model: the blend of overlapping windows must not change it
+        return -((x - classes) ** 2)
+
+    probs = sliding_window(img, (8, 16, 16), run, 4, overlap=0.5, batch=3)
+    logits = -((img[None] - classes[0]) ** 2)
+    e = np.exp(logits - logits.max(0))
+    np.testing.assert_allclose(probs, e / e.sum(0), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bundle_copy(tmp_path_factory):
+    if not (BUNDLE / "manifest.json").exists():
+        pytest.fail(f"the committed model bundle is missing at {BUNDLE}: `make model` rebuilds it")
+    dst = tmp_path_factory.mktemp("bundle") / "ct_chest"
+    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("engines"))
+    return dst
+
+
+def test_committed_bundle_verifies_and_carries_the_label_table(bundle_copy):
+    b = load_bundle(bundle_copy)
+    assert {"preview", "full"} <= set(b.manifest.modes)
+    assert b.label_names() == {1: "body", 2: "bone", 3: "lung_left", 4: "lung_right", 5: "airway",
+                               6: "heart", 7: "aorta", 8: "liver"}  # fmt: skip
+    for mode in b.manifest.modes.values():
+        assert (bundle_copy / mode.int8).stat().st_size < 2_000_000
+    assert all(lab.category.scheme == "SCT" for lab in b.manifest.labels)
+
+
+def test_corrupt_or_incomplete_bundle_is_refused_naming_the_file(bundle_copy, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_copy, bad)
+    int8 = load_bundle(bad).manifest.modes["preview"].int8
+    with (bad / int8).open("r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(BundleError, match=rf"{int8}.*corrupt"):
+        load_bundle(bad)
+    (bad / int8).unlink()
+    with pytest.raises(BundleError, match=rf"{int8} is missing"):
+        load_bundle(bad)
+    raw = json.loads((bad / "manifest.json").read_text())
+    del raw["normalisation"]
+    (bad / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="normalisation"):
+        load_bundle(bad)
+
+
+def test_backend_probe_falls_back_to_ort_cpu_and_says_why_gpu_paths_were_skipped(bundle_copy):
+    b = load_bundle(bundle_copy)
+    choice = choose_backend(b, b.mode("preview"), preference="auto", threads=1)
+    if choice.backend.name.startswith("ort-cpu"):
+        assert set(choice.skipped) == {"tensorrt", "ort-gpu"}
+        assert all(choice.skipped.values())
+
+
+def test_ort_gpu_backend_runs_where_onnxruntime_gpu_and_a_gpu_exist(bundle_copy):
+    reason = _ort_gpu_reason()
+    if reason:
+        pytest.skip(f"ORT GPU path: {reason}")
+    b = load_bundle(bundle_copy)
+    choice = choose_backend(b, b.mode("preview"), preference="ort-gpu")
+    x = np.zeros((1, 2, *b.mode("preview").patch), dtype=np.float32)
+    assert choice.backend.run(x).shape[1] == 9
+
+
+def test_tensorrt_backend_builds_and_caches_an_engine_where_tensorrt_and_a_gpu_exist(bundle_copy):
+    reason = _tensorrt_reason()
+    if reason:
+        pytest.skip(f"TensorRT path: {reason}")
+    b = load_bundle(bundle_copy)
+    choice = choose_backend(b, b.mode("preview"), preference="tensorrt")
+    assert choice.backend.name == "tensorrt"
+    assert list((bundle_copy / "engines").glob("*.engine"))
+
+
+def test_isonode_segment_writes_labels_on_the_original_ct_grid(bundle_copy, tmp_path):
+    import nibabel as nib
+
+    from compiler.phantom import make_phantom, write_ct_series
+
+    ph = make_phantom((40, 96, 96), (5.0, 3.5, 3.5), seed=5)
+    series = tmp_path / "series"
+    write_ct_series(ph.hu, series, spacing=ph.spacing, origin=ph.origin)
+    out = tmp_path / "seg.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "appliance.cli", "segment", str(series), "--mode", "preview",
+                           "--out", str(out), "--bundle", str(bundle_copy), "--threads", "1"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "network_s" in proc.stdout and "total" in proc.stdout
+    img = nib.load(str(out))
+    assert img.shape == (96, 96, 40)  # x, y, z of the CT
+    ras0 = img.affine @ [0, 0, 0, 1]
+    assert np.allclose(ras0[:3], [-ph.origin[0], -ph.origin[1], ph.origin[2]], atol=1e-3)
+    data = np.asanyarray(img.dataobj)
+    assert set(np.unique(data)) <= set(range(9)) and (data > 0).mean() > 0.1
+    names = json.loads((tmp_path / "seg.labels.json").read_text())
+    assert names["1"] == "body" and names["3"] == "lung_left"
+
+
+def test_segment_refuses_a_corrupt_bundle_with_a_clear_message(bundle_copy, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_copy, bad)
+    (bad / "preview.fp32.onnx").write_bytes(b"not a model")
+    proc = subprocess.run([sys.executable, "-m", "appliance.cli", "segment", str(tmp_path), "--out",
+                           str(tmp_path / "x.nii.gz"), "--bundle", str(bad)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    assert "preview.fp32.onnx is corrupt" in proc.stderr
