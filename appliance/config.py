@@ -64,6 +64,8 @@ class NodeConfig(_Strict):
     allowed_peers: list[PeerConfig] = Field(default_factory=list)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(120.0, gt=0)
+    poll_interval_ms: float = Field(0.2, ge=0.05, le=5.0, description="network poll sleep: lower is faster, "
+                                    "costs CPU per open idle association")
 
     @field_validator("ae_title")
     @classmethod

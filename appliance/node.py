@@ -60,6 +60,7 @@ def scp_settings(config: AppConfig) -> ScpSettings:
         maximum_associations=n.maximum_associations,
         dimse_timeout_s=n.dimse_timeout_s,
         network_timeout_s=n.network_timeout_s,
+        poll_interval_s=n.poll_interval_ms / 1000.0,
     )
 
 
