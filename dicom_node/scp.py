@@ -16,7 +16,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, evt
@@ -252,8 +252,6 @@ class StorageScp:
         ts = UID(transfer_syntax_uid)
         try:
             ds = decode(BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = ts
             ds_class = str(ds.get("SOPClassUID", "") or "").strip()
             ds_instance = str(ds.get("SOPInstanceUID", "") or "").strip()
             study_uid = check_uid(str(ds.get("StudyInstanceUID", "") or ""), "StudyInstanceUID")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from io import BytesIO
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -48,12 +48,16 @@ def test_uid_padding_is_stripped():
     assert check_uid("1.2.840.10008\x00", "SOPInstanceUID") == "1.2.840.10008"
 
 
+def _dataset_body(path: Path) -> bytes:
+    """The encoded data set of a Part-10 file (what a C-STORE carries), without preamble and file meta."""
+    meta_length = pydicom.dcmread(path, stop_before_pixels=True).file_meta[0x00020000].value
+    return path.read_bytes()[132 + 12 + meta_length:]
+
+
 def test_file_meta_we_write_is_read_back_by_pydicom(tmp_path):
-    ds = pydicom.dcmread(write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "s",
-                                         spacing=(1, 1, 1))[0])
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    body = buf.getvalue()[132 + 12 + ds.file_meta[0x00020000].value:]
+    src = write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "s", spacing=(1, 1, 1))[0]
+    ds = pydicom.dcmread(src)
+    body = _dataset_body(src)
     path = tmp_path / "out.dcm"
     path.write_bytes(encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, "CT1") + body)
     back = pydicom.dcmread(path)
@@ -137,9 +141,8 @@ def _stored_series(tmp_path, db, n: int = 3):
     index = InstanceIndex(db)
     scp = StorageScp(ScpSettings(min_free_bytes=0), spool, index)
     for f in files:
-        ds = pydicom.dcmread(f)
-        body = f.read_bytes()[132 + 12 + ds.file_meta[0x00020000].value:]
-        assert scp.store(body, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert scp.store(_dataset_body(f), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
     return spool, index, str(ds.SeriesInstanceUID)
 
 
