@@ -44,6 +44,12 @@ def require_tool(name: str) -> str:
     return path
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy (dicom3tools) prints for a DICOM file; every object we write must have none."""
+    out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+
+
 @dataclass
 class NodeProcess:
     """`isonode serve` running as a subprocess, as an operator would run it."""

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import NODE_AE, REPO, echoscu, require_tool, shared_case, store_responses, storescu
+from conftest import (
+    NODE_AE,
+    REPO,
+    dciodvfy_errors,
+    echoscu,
+    require_tool,
+    shared_case,
+    store_responses,
+    storescu,
+)
 from pydicom.uid import JPEGLSLossless
 
 from compiler.phantom import make_phantom, write_ct_series
@@ -168,3 +177,15 @@ def test_concurrent_senders_are_all_stored_and_processed(node, tmp_path):
     assert status["instances"] == 90 and status["series"] == 3
     released = node.log_events("association.released")
     assert sorted(e["stored"] for e in released if e["calling_ae"].startswith("CT")) == [30, 30, 30]
+
+
+def test_stored_files_with_our_file_meta_pass_dciodvfy(node, tmp_path):
+    ph = make_phantom((3, 32, 32), (2.0, 1.0, 1.0), seed=2)
+    files = write_ct_series(ph.hu, tmp_path / "s", spacing=ph.spacing, origin=ph.origin)
+    assert dciodvfy_errors(files[0]) == []  # the source is clean, so any error would be ours
+    assert storescu(node.port, *files).returncode == 0
+    stored = sorted((node.data_dir / "spool").glob("*/*/*.dcm"))
+    assert len(stored) == 3
+    for path in stored:
+        assert dciodvfy_errors(path) == [], path
+        assert pydicom.dcmread(path).file_meta.SourceApplicationEntityTitle == "TESTSCU"

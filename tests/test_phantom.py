@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -10,12 +9,11 @@ import time
 import numpy as np
 import pydicom
 import pytest
+from conftest import dciodvfy_errors
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from compiler.phantom import LABELS, make_phantom, write_ct_series
 from dicom_node.volume import assemble_volume
-
-DCIODVFY = shutil.which("dciodvfy")
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +121,8 @@ def test_tilt_is_written_like_a_ge_scanner(tmp_path):
     assert float(dss[0].GantryDetectorTilt) == pytest.approx(18.5)
 
 
-def _dciodvfy_errors(path) -> list[str]:
-    out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
-
-
-@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy not installed")
 @pytest.mark.parametrize("enhanced", [False, True], ids=["ct_image", "enhanced_ct"])
 def test_written_objects_pass_dciodvfy_without_errors(tmp_path, enhanced):
     ph = make_phantom((4, 32, 32), (2.0, 1.0, 1.0), seed=0)
     files = write_ct_series(ph.hu, tmp_path, spacing=ph.spacing, origin=ph.origin, enhanced=enhanced)
-    assert _dciodvfy_errors(files[-1]) == []
+    assert dciodvfy_errors(files[-1]) == []
