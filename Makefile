@@ -54,7 +54,7 @@ bench: system-deps $(VENV)/.stamp-bench
 	$(PY) -m bench
 
 # Rebuild the committed model bundle from scratch: labels, teacher, distilled + pruned student, INT8,
-# evaluation (about 20 min on 2 cores).
+# evaluation (about 80 min on 2 AVX512-BF16 cores; much longer where bf16 is not native).
 model: $(VENV)/.stamp-test
 	$(PY) -m compiler.build --out models/ct_chest --work build/model --threads $$(nproc)
 

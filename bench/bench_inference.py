@@ -1,9 +1,16 @@
-"""Inference speed on a real chest CT (512x512x275, lidc_idri_0314): preview and full, INT8 student vs
-FP32 student vs teacher, ONNX Runtime CPU, 2 threads, same run. Peak RSS is reported per process."""
+"""Inference speed and memory on a real chest CT (512x512x275, lidc_idri_0314): preview and full, INT8
+student vs FP32 student vs teacher, ONNX Runtime CPU, 2 threads, same run.
+
+Each row runs in its own process (read the series, segment, map the labels back to the CT grid), so the
+peak RSS printed is that of one inference, as the appliance's worker would see it.
+"""
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,22 +20,37 @@ BUNDLE = REPO / "models" / "ct_chest"
 TEACHER = REPO / "build" / "model"
 
 
-def main(threads: int = 2) -> None:
+def run_one(mode: str, model: Path, threads: int) -> dict:
+    """One inference in this process: timings (s) and peak RSS (MB)."""
     from appliance.inference.backends import OrtBackend
     from appliance.inference.bundle import load_bundle
     from appliance.inference.grid import grid_of
     from appliance.inference.segment import segment_array
     from dicom_node.volume import assemble_volume
 
+    bundle = load_bundle(BUNDLE)
+    t = time.perf_counter()
+    vol = assemble_volume(sorted(CASE.glob("*.dcm")))
+    read = time.perf_counter() - t
+    backend = OrtBackend(model, ["CPUExecutionProvider"], threads, model.name)
+    t = time.perf_counter()
+    res = segment_array(vol.array, vol.affine, bundle, mode, backend)
+    t_back = time.perf_counter()
+    res.labels_on(grid_of(vol.array, vol.affine))
+    return {"read": read, "resample": res.timings["resample_s"], "network": res.timings["network_s"],
+            "to_ct": time.perf_counter() - t_back, "total": time.perf_counter() - t,
+            "shape": list(vol.array.shape), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(threads: int = 2) -> None:
+    from appliance.inference.bundle import load_bundle
+
     if not CASE.exists():
         print(f"bench_inference: {CASE} not found, skipped")
         return
     bundle = load_bundle(BUNDLE)
-    t = time.perf_counter()
-    vol = assemble_volume(sorted(CASE.glob("*.dcm")))
-    print(f"CT {vol.array.shape[::-1]} read+assembled in {time.perf_counter() - t:.1f} s (not counted below)")
-    print(f"{'mode':8s} {'model':14s} {'size MB':>8s} {'resample':>9s} {'network':>8s} {'to CT':>7s} {'total s':>8s}")
-    target = grid_of(vol.array, vol.affine)
+    print(f"{'mode':8s} {'model':14s} {'size MB':>8s} {'resample':>9s} {'network':>8s} {'to CT':>7s} "
+          f"{'total s':>8s} {'peak MB':>8s}   (series read, not counted: see 'read')")
     for mode, spec in bundle.manifest.modes.items():
         models = [("student INT8", bundle.path(spec.int8)), ("student FP32", bundle.path(spec.fp32)),
                   ("teacher FP32", TEACHER / f"teacher.{mode}.onnx")]
@@ -36,17 +58,18 @@ def main(threads: int = 2) -> None:
             if not path.exists():
                 print(f"{mode:8s} {name:14s} (not built: run `make model`)")
                 continue
-            backend = OrtBackend(path, ["CPUExecutionProvider"], threads, name)
-            t = time.perf_counter()
-            res = segment_array(vol.array, vol.affine, bundle, mode, backend)
-            t_back = time.perf_counter()
-            res.labels_on(target)
-            total = time.perf_counter() - t
-            print(f"{mode:8s} {name:14s} {path.stat().st_size / 1e6:8.2f} {res.timings['resample_s']:9.2f} "
-                  f"{res.timings['network_s']:8.2f} {time.perf_counter() - t_back:7.2f} {total:8.2f}")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; targets: preview < 5 s, "
-          f"full < 60 s, peak < 2 GB, INT8 < 2 MB")
+            out = subprocess.run([sys.executable, "-m", "bench.bench_inference", "--one", mode, str(path),
+                                  str(threads)], cwd=REPO, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{mode:8s} {name:14s} {path.stat().st_size / 1e6:8.2f} {r['resample']:9.2f} {r['network']:8.2f} "
+                  f"{r['to_ct']:7.2f} {r['total']:8.2f} {r['rss_mb']:8.0f}   read {r['read']:.1f} s", flush=True)
+    print(f"CT {r['shape'][::-1]}; bundle CPU precision: "
+          + ", ".join(f"{m} {s.cpu_precision}" for m, s in bundle.manifest.modes.items())
+          + "; targets: preview < 5 s, full < 60 s, peak < 2 GB, INT8 < 2 MB")
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--one":
+        print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
+    else:
+        main()

@@ -75,3 +75,46 @@ def test_reference_labels_on_real_chest_ct_mark_the_opacified_right_lung():
     assert (ref.labels == VALUE["airway"]).sum() * ml > 5
     body = (ref.labels > 0).sum() * ml
     assert 8000 < body < 30000
+
+
+def test_bowel_gas_below_the_lungs_is_body_not_lung_or_airway():
+    """Bowel gas is mostly pure air (most voxels below -950 HU) mixed with stool; aerated lung has few
+    such voxels. A mottled gas pocket (mean HU like lung's) in the abdomen must stay body."""
+    import numpy as np
+    from scipy import ndimage
+
+    ph = make_phantom((96, 128, 128), (2.5, 2.5, 2.5), seed=3)
+    liver = ph.labels == LABELS["liver"]
+    core = ndimage.distance_transform_edt(liver, sampling=ph.spacing) >= 28.0
+    centre = np.array(np.nonzero(core)).mean(axis=1).round().astype(int)
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in ph.hu.shape)]
+    r = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) * 2.5**2
+    gas = r <= 24.0**2  # inside the liver, 4 mm clear of its surface
+    assert gas.sum() * 2.5**3 / 1000 > 45  # ml: above the lung components' minimum
+    hu = ph.hu.astype(np.float32)
+    rng = np.random.default_rng(0)
+    n = int(gas.sum())
+    hu[gas] = np.where(rng.uniform(size=n) < 0.6, rng.normal(-1000, 15, n), rng.uniform(-800, -300, n))
+    assert hu[gas].mean() > -900
+    ref = reference_labels(hu, ph.spacing)
+    inner = ndimage.binary_erosion(gas, iterations=2)
+    assert (ref.labels[inner] == VALUE["body"]).mean() > 0.95
+    lungs = (ref.labels == VALUE["lung_left"]) | (ref.labels == VALUE["lung_right"])
+    assert dice(lungs, (ph.labels == LABELS["lung_left"]) | (ph.labels == LABELS["lung_right"])) > 0.85
+
+
+def test_inside_of_the_skull_is_body_not_bone():
+    """Marrow filling closes holes up to a vertebral body's size; the brain inside the skull stays body."""
+    import numpy as np
+
+    shape, sp = (64, 96, 96), (2.5, 2.5, 2.5)
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in shape)]
+    r = np.sqrt(((zz - 32) * sp[0]) ** 2 + ((yy - 48) * sp[1]) ** 2 + ((xx - 48) * sp[2]) ** 2)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[r < 85] = 900.0  # skull
+    hu[r < 78] = 35.0  # brain
+    hu += np.random.default_rng(1).normal(0, 10, shape)
+    ref = reference_labels(hu, sp)
+    brain = r < 70
+    assert (ref.labels[brain] == VALUE["body"]).mean() > 0.95
+    assert (ref.labels[(r > 79) & (r < 84)] == VALUE["bone"]).mean() > 0.9

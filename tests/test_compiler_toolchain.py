@@ -96,3 +96,19 @@ def test_manifest_lists_training_data_with_licences(smoke_bundle):
     raw = json.loads((smoke_bundle / "manifest.json").read_text())
     assert any(t["use"] == "synthetic" for t in raw["training_data"])
     assert all(t["licence"] for t in raw["training_data"])
+
+
+def test_patch_sampling_centres_small_classes_as_often_as_their_weight_says():
+    from appliance.inference.grid import grid_of
+    from compiler.data import ALL_KNOWN, LabelledVolume
+    from compiler.train import sample_patch
+
+    labels = np.ones((32, 32, 32), dtype=np.uint8)
+    labels[:, 14:18, 14:18] = 5  # a thin airway-like tube
+    vol = LabelledVolume("tube", np.zeros(labels.shape, np.float32), labels,
+                         np.full(labels.shape, ALL_KNOWN, np.uint16), grid_of(labels, np.eye(4)))
+    rng = np.random.default_rng(0)
+    weights = (0.0, 1.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0)
+    centred = [sample_patch(vol, (4, 4, 4), rng, 1.0, weights)[1] for _ in range(400)]
+    share = np.mean([(lab == 5).any() for lab in centred])
+    assert 0.65 < share < 0.9  # 3:1 for the tube (the random shift makes a few patches miss it)

@@ -17,12 +17,13 @@ def channel_importance(model: UNet3d) -> dict[str, torch.Tensor]:
     return {name: layer.bn.weight.detach().abs() for name, layer in model.layers.items()}
 
 
-def prune_unet(model: UNet3d, keep: float, min_channels: int = 4) -> UNet3d:
-    """A new, narrower UNet3d holding the kept channels' weights (BN statistics included)."""
+def prune_unet(model: UNet3d, keep: float, min_channels: int = 4, floors: dict[str, int] | None = None) -> UNet3d:
+    """A new, narrower UNet3d holding the kept channels' weights (BN statistics included); `floors` sets a
+    higher minimum width for named layers."""
     imp = channel_importance(model)
     kept: dict[str, torch.Tensor] = {}
     for name, scores in imp.items():
-        n = max(min_channels, int(round(len(scores) * keep)))
+        n = max(min_channels, (floors or {}).get(name, 0), int(round(len(scores) * keep)))
         n = min(n, len(scores))
         kept[name] = torch.sort(torch.topk(scores, n).indices).values
     small = UNet3d({k: len(v) for k, v in kept.items()}, model.depth, model.n_classes, model.in_channels)
