@@ -52,8 +52,10 @@ def main(threads: int = 2) -> None:
     print(f"{'mode':8s} {'model':14s} {'size MB':>8s} {'resample':>9s} {'network':>8s} {'to CT':>7s} "
           f"{'total s':>8s} {'peak MB':>8s}   (series read, not counted: see 'read')")
     for mode, spec in bundle.manifest.modes.items():
-        models = [("student INT8", bundle.path(spec.int8)), ("student FP32", bundle.path(spec.fp32)),
-                  ("teacher FP32", TEACHER / f"teacher.{mode}.onnx")]
+        net = "teacher" if spec.student.startswith("teacher") else "student"
+        models = [(f"{net} INT8", bundle.path(spec.int8)), (f"{net} FP32", bundle.path(spec.fp32))]
+        if net == "student":
+            models.append(("teacher FP32", TEACHER / f"teacher.{mode}.onnx"))
         for name, path in models:
             if not path.exists():
                 print(f"{mode:8s} {name:14s} (not built: run `make model`)")

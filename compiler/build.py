@@ -201,9 +201,9 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     else:
         teacher = make_unet(budget.teacher_base, budget.depth, NUM_CLASSES)
         report["stages"].append(train(teacher, stream, cfg, stage="teacher"))
-    if teacher_more_steps is None:  # a reused checkpoint is taken as it is unless asked otherwise
-        teacher_more_steps = 0 if teacher_from is not None else budget.teacher_more_steps
-    more = teacher_more_steps
+    more = teacher_more_steps  # a reused checkpoint is taken as it is unless asked otherwise
+    if more is None:
+        more = 0 if teacher_from is not None else budget.teacher_more_steps
     if more > 0:
         mcfg = replace(cfg, steps=more, lr=1e-3, seed=seed + 10, log_every=max(1, more // 20))
         report["stages"].append(train(teacher, PatchStream(train_vols, mcfg, weights), mcfg,

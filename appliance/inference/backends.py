@@ -45,6 +45,9 @@ class OrtBackend:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # no arena: it keeps the freed im2col buffers of every conv (full mode, INT8, 2 threads: peak RSS
+        # 2.33 GB with it, 1.63 GB without; 44 s vs 56 s on the 275-slice chest)
+        opts.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
         self.name = name
