@@ -237,7 +237,8 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
         int8 = quantize_int8(fp32, tmp / f"{mode}.int8.onnx",
                              _calibration([v for v in calib_vols if v.grid.spacing[0] == spacing[0]] or calib_vols,
                                           patch, budget.calib_patches))
-        t_onnx = export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
+        # a mode that ships the teacher is its own teacher row: no second export, no second evaluation
+        t_onnx = fp32 if net is teacher else export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
         ms = {which: _ms_per_patch(path, patch, threads) for which, path in (("int8", int8), ("fp32", fp32))}
         modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=0.25, fp32=fp32.name,
                                int8=int8.name, student=f"{'pruned student' if net is pruned else 'teacher'} widths {net.widths}",
@@ -253,9 +254,12 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     for mode, (spacing, _patch, _network) in budget.modes.items():
         spec = modes[mode]
         for lv in heldout.get(spacing, []):
-            row = {}
-            preds = {}
+            row, preds, by_path = {}, {}, {}
             for which, path in onnx_eval[mode].items():
+                if path in by_path:
+                    row[which], preds[which] = row[by_path[path]], preds[by_path[path]]
+                    continue
+                by_path[path] = which
                 backend = OrtBackend(path, ["CPUExecutionProvider"], threads, f"ort-cpu-{which}")
                 bundle_like = _BundleView(spec, tmp)
                 t0 = time.perf_counter()

@@ -62,11 +62,6 @@ def _labelled_ce(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -
     return (ce * w).sum() / w.sum().clamp(min=1)
 
 
-def _bit_lut() -> np.ndarray:
-    """bits (uint16 value) -> per-class known flags is computed on the fly; this is the class bit table."""
-    return (1 << np.arange(NUM_CLASSES)).astype(np.int64)
-
-
 def sample_patch(vol: LabelledVolume, patch: tuple[int, int, int], rng: np.random.Generator, fg_fraction: float,
                  class_weights: tuple[float, ...] = (0.0,) + (1.0,) * (NUM_CLASSES - 1)):
     """(hu, labels, known) crops of `patch`, padded with air / background / unknown where needed."""

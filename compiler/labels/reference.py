@@ -13,7 +13,8 @@ Rules:
 * body: largest component of HU > -300 after an in-plane opening that detaches the table, grown back
   to the threshold mask near the surviving body, holes filled slice by slice;
 * airway: a round air column near the midline, above the middle of the aerated lung, in the most
-  superior slices of internal air (the trachea), region-grown at increasing HU thresholds until the volume jumps (a leak);
+  superior slices of internal air (the trachea), region-grown at increasing HU thresholds until the
+  volume jumps (a leak);
 * lungs: air (< -500 HU) inside the body that is not airway and looks like parenchyma, not gas (see
   `aerated_lung`: bowel gas is mostly below -950 HU, lung is not), split
   into left/right by components (eroding until two appear), vessels included by slice-wise closing;
