@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
+from appliance.inference.normalise import enclosed_air
 from compiler.labels.reference import ReferenceLabels, reference_labels
 from compiler.labels.table import NUM_CLASSES, VALUE
 
@@ -152,7 +153,15 @@ class LabelledVolume:
 
     def __post_init__(self) -> None:
         self._index: dict[int, np.ndarray] = {}
+        self._enclosed: np.ndarray | None = None
         self.present = frozenset(int(v) for v in np.unique(self.labels))
+
+    @property
+    def enclosed(self) -> np.ndarray:
+        """The enclosed-air input channel, on the whole volume (a patch alone cannot see a slice's edge)."""
+        if self._enclosed is None:
+            self._enclosed = enclosed_air(self.hu).astype(np.uint8)
+        return self._enclosed
 
     def class_index(self, value: int, max_points: int = 50_000) -> np.ndarray:
         """Flat indices of (a sample of) the voxels labelled `value`, for foreground-centred patches."""

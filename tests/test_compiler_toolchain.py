@@ -14,7 +14,7 @@ from appliance.inference.bundle import load_bundle  # noqa: E402
 from compiler.build import SMOKE, build  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
-from compiler.model.unet import make_unet  # noqa: E402
+from compiler.model.unet import make_unet, widen_input  # noqa: E402
 from compiler.train import allowed_mask, marginal_ce  # noqa: E402
 
 
@@ -61,6 +61,25 @@ def test_pruning_keeps_outputs_when_nothing_is_removed_and_shrinks_channels():
     assert sum(p.numel() for p in small.parameters()) < 0.4 * sum(p.numel() for p in model.parameters())
 
 
+def test_widened_input_computes_what_the_network_did_until_it_learns_the_new_channel():
+    torch.manual_seed(2)
+    model = make_unet(4, 3, 9).eval()
+    wide = widen_input(model, 3)
+    x = torch.randn(1, 2, 16, 16, 16)
+    extra = torch.rand(1, 1, 16, 16, 16)
+    assert wide.in_channels == 3 and wide.config()["in_channels"] == 3
+    assert torch.allclose(wide(torch.cat([x, extra], dim=1)), model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="narrow"):
+        widen_input(wide, 2)
+
+
+def test_smoke_bundle_declares_the_input_channels_its_network_takes(smoke_bundle):
+    m = onnx.load(str(smoke_bundle / "preview.fp32.onnx"))
+    n_in = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    assert list(load_bundle(smoke_bundle).manifest.normalisation.channels) == ["hu", "x_coordinate", "enclosed_air"]
+    assert n_in == 3
+
+
 def test_exported_onnx_matches_torch_with_batchnorm_folded(tmp_path):
     import onnxruntime as ort
 
@@ -90,6 +109,16 @@ def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():
     heart[0, 0, 2] = 5.0
     heart[0, 3, 3] = 5.0  # voxel 2 correct (background); voxel 0 says heart, allowed; voxel 1 ignored
     assert float(marginal_ce(heart, allowed)) < 0.01
+
+
+def test_loss_weight_counts_a_voxel_as_many_times_as_it_says():
+    lab = torch.tensor([[0, 5]])
+    allowed = allowed_mask(lab, torch.full((1, 2), (1 << 9) - 1))
+    logits = torch.randn(1, 9, 2)
+    doubled = torch.cat([logits, logits[:, :, 1:]], dim=2)  # the airway voxel twice
+    allowed_doubled = torch.cat([allowed, allowed[:, :, 1:]], dim=2)
+    weighted = marginal_ce(logits, allowed, torch.tensor([[1.0, 2.0]]))
+    assert torch.allclose(weighted, marginal_ce(doubled, allowed_doubled))
 
 
 def test_manifest_lists_training_data_with_licences(smoke_bundle):

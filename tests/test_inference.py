@@ -14,7 +14,11 @@ import pytest
 
 from appliance.inference.backends import _ort_gpu_reason, _tensorrt_reason, choose_backend
 from appliance.inference.bundle import BundleError, load_bundle
+from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
+from appliance.inference.normalise import enclosed_air, network_input
+from appliance.inference.postprocess import keep_largest_components
+from appliance.inference.segment import segment_array
 from appliance.inference.sliding import gaussian_weights, sliding_window, window_starts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +72,95 @@ def test_sliding_window_blending_reproduces_a_pointwise_model_exactly():
     logits = -((img[None] - classes[0]) ** 2)
     e = np.exp(logits - logits.max(0))
     np.testing.assert_allclose(probs, e / e.sum(0), atol=1e-5)
+
+
+def _patient_in_air(shape=(40, 120, 150), box=((5, 30), (40, 70), (20, 110))) -> np.ndarray:
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[tuple(slice(a, b) for a, b in box)] = 40.0
+    hu[0, 0, 0] = 300.0  # a lone speck in the air: not a reason to widen the box
+    return hu
+
+
+def test_enclosed_air_marks_a_trachea_but_not_the_air_around_the_patient():
+    hu = np.full((3, 40, 40), -1000.0, dtype=np.float32)
+    hu[:, 10:30, 10:30] = 40.0  # a neck
+    hu[:, 18:22, 18:22] = -1000.0  # its trachea
+    hu[:, 0:10, 28:33] = 40.0  # tissue reaching the slice edge: the air beside it still touches an edge
+    enclosed = enclosed_air(hu)
+    assert enclosed[:, 18:22, 18:22].all()
+    assert enclosed.sum() == 3 * 16
+    both = network_input(hu, 1.0, channels=("hu", "x_coordinate", "enclosed_air"))
+    assert both.shape == (3, *hu.shape) and np.array_equal(both[2], enclosed)
+    with pytest.raises(ValueError, match="unknown network input channel"):
+        network_input(hu, 1.0, channels=("hu", "density"))
+
+
+def test_single_structure_keeps_its_largest_island_and_islands_take_their_surroundings_label():
+    labels = np.ones((12, 30, 30), dtype=np.uint8)  # body
+    labels[2:10, 5:25, 3:13] = 3  # left lung
+    labels[2:10, 5:25, 17:27] = 4  # right lung
+    labels[1:11, 13:16, 14:16] = 5  # trachea
+    labels[5, 8, 6] = 5  # an airway speck inside the left lung
+    labels[6, 2, 2] = 3  # a left-lung speck in the body
+    labels[4:6, 10:12, 20:22] = 2  # bone is not one structure: two pieces stay
+    labels[7:9, 18:20, 20:22] = 2
+    out = keep_largest_components(labels.copy(), [3, 4, 5])
+    assert out[5, 8, 6] == 3 and out[6, 2, 2] == 1
+    assert (out == 5).sum() == 10 * 3 * 2 and (out == 2).sum() == (labels == 2).sum()
+    assert np.array_equal(out[labels == 4], labels[labels == 4])
+
+
+def test_bundle_modes_declare_which_labels_are_one_connected_structure(bundle_copy):
+    modes = load_bundle(bundle_copy).manifest.modes
+    full = set(modes["full"].keep_largest_component)
+    assert {"lung_left", "lung_right", "airway"} <= full and not full & {"body", "bone"}
+    assert {"lung_left", "lung_right"} <= set(modes["preview"].keep_largest_component)
+
+
+def test_tissue_box_keeps_a_margin_around_the_patient_and_drops_the_air():
+    box = tissue_box(_patient_in_air(), margin=4, min_shape=(8, 8, 8))
+    assert [(s.start, s.stop) for s in box] == [(1, 34), (36, 74), (16, 114)]
+
+
+def test_tissue_box_is_never_smaller_than_a_patch_and_stays_inside_the_image():
+    box = tissue_box(_patient_in_air(), margin=4, min_shape=(64, 64, 64))
+    assert [(s.start, s.stop) for s in box] == [(0, 40), (23, 87), (16, 114)]
+    edge = tissue_box(_patient_in_air(box=((5, 30), (100, 120), (0, 10))), margin=2, min_shape=(8, 32, 32))
+    assert [(s.start, s.stop) for s in edge] == [(3, 32), (88, 120), (0, 32)]
+
+
+def test_tissue_box_of_pure_air_is_the_whole_image():
+    hu = np.full((10, 20, 30), -1000.0, dtype=np.float32)
+    assert tissue_box(hu, margin=4, min_shape=(8, 8, 8)) == (slice(0, 10), slice(0, 20), slice(0, 30))
+
+
+class _ThresholdNet:
+    """A voxel-wise stand-in for the network: body where the input is denser than air; counts its calls."""
+
+    name = "threshold"
+
+    def __init__(self) -> None:
+        self.patches = 0
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.patches += x.shape[0]
+        logits = np.zeros((x.shape[0], 9, *x.shape[2:]), dtype=np.float32)
+        logits[:, 1] = (x[:, 0] > -0.5) * 10.0
+        return logits
+
+
+def test_segment_runs_the_network_only_around_the_patient_and_labels_the_rest_background(bundle_copy):
+    bundle = load_bundle(bundle_copy)
+    patch = bundle.mode("full").patch
+    hu = _patient_in_air(shape=(70, 300, 300), box=((10, 60), (100, 200), (90, 210)))
+    hu[0, 0, 0] = -1000.0
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    net = _ThresholdNet()
+    res = segment_array(hu, affine, bundle, "full", net, keep_probabilities=True)
+    np.testing.assert_array_equal(res.labels_on(grid_of(hu, affine)), (hu > -500).astype(np.uint8))
+    assert res.probabilities[0, 0, 0, 0] == 1.0 and res.probabilities.shape[1:] == hu.shape
+    whole_grid = np.prod([len(window_starts(n, p, 0.25)) for n, p in zip(hu.shape, patch, strict=True)])
+    assert net.patches < whole_grid
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,8 @@ class Normalisation(BaseModel):
     scale: float
     # second input channel: left-right position, mm from the field-of-view centre / this value
     x_coordinate_mm: float = 100.0
+    # the network's input channels in order (appliance.inference.normalise.network_input)
+    channels: tuple[Literal["hu", "x_coordinate", "enclosed_air"], ...] = ("hu", "x_coordinate")
 
 
 class ModeSpec(BaseModel):
@@ -63,6 +65,8 @@ class ModeSpec(BaseModel):
     # which file the ONNX Runtime CPU backend runs by default: the build times both on a patch
     cpu_precision: Literal["int8", "fp32"] = "int8"
     cpu_ms_per_patch: dict[str, float] = {}
+    # labels that are one connected structure at this grid: inference keeps only their largest component
+    keep_largest_component: list[str] = []
 
 
 class TrainingCase(BaseModel):

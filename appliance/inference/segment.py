@@ -1,5 +1,5 @@
-"""Segment one CT volume with a model bundle: resample to the model grid, normalise, sliding window,
-argmax; the result lives on the model grid with its affine (`SegmentationResult`)."""
+"""Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
+sliding window, argmax, keep one component of single-structure organs; the result lives on the model grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import numpy as np
 
 from appliance.inference.backends import Backend
 from appliance.inference.bundle import Label, ModelBundle
+from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import network_input
+from appliance.inference.postprocess import keep_largest_components
 from appliance.inference.sliding import sliding_window
 
 log = logging.getLogger(__name__)
+
+CROP_MARGIN_VOXELS = 8  # air kept around the patient: 12 mm at 1.5 mm, 24 mm at 3 mm
 
 
 @dataclass
@@ -57,17 +61,31 @@ def segment_array(
     image = resample(hu, affine, grid, order=1)
     timings["resample_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    image = network_input(image, grid.spacing[2], tuple(norm.clip), norm.scale, norm.x_coordinate_mm)
+    # inputs are computed on the whole grid before cropping: the coordinate says where a voxel is in the
+    # field of view, and enclosed air needs each slice's edge
+    box = tissue_box(image, CROP_MARGIN_VOXELS, tuple(spec.patch))
+    net_in = network_input(image, grid.spacing[2], tuple(norm.clip), norm.scale, norm.x_coordinate_mm,
+                           tuple(norm.channels))[(slice(None), *box)]
     timings["normalise_s"] = time.perf_counter() - t
     t = time.perf_counter()
     n_classes = 1 + len(bundle.manifest.labels)
-    probs = sliding_window(image, tuple(spec.patch), backend.run, n_classes, overlap=spec.overlap,
+    probs = sliding_window(net_in, tuple(spec.patch), backend.run, n_classes, overlap=spec.overlap,
                            batch=spec.batch, pad_value=float(norm.clip[0] * norm.scale))
     timings["network_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    labels = np.argmax(probs, axis=0).astype(np.uint8)
+    labels = np.zeros(grid.shape, dtype=np.uint8)  # outside the box: air, background
+    labels[box] = np.argmax(probs, axis=0)
+    full_probs = None
+    if keep_probabilities:
+        full_probs = np.zeros((n_classes, *grid.shape), dtype=np.float16)
+        full_probs[0] = 1.0
+        full_probs[(slice(None), *box)] = probs
     timings["argmax_s"] = time.perf_counter() - t
-    log.info("event=segmented mode=%s backend=%s grid=%s %s", mode, backend.name, grid.shape,
-             " ".join(f"{k}={v:.3f}" for k, v in timings.items()))
+    t = time.perf_counter()
+    keep_largest_components(labels[box], [lab.value for lab in bundle.manifest.labels
+                                          if lab.name in spec.keep_largest_component])
+    timings["postprocess_s"] = time.perf_counter() - t
+    log.info("event=segmented mode=%s backend=%s grid=%s box=%s %s", mode, backend.name, grid.shape,
+             tuple(s.stop - s.start for s in box), " ".join(f"{k}={v:.3f}" for k, v in timings.items()))
     return SegmentationResult(labels, grid.affine, list(bundle.manifest.labels), mode, backend.name,
-                              probs.astype(np.float16) if keep_probabilities else None, timings)
+                              full_probs, timings)

@@ -2,7 +2,7 @@
 
 Opset 17 is accepted by TensorRT 10 and ONNX Runtime. Quantization: ONNX Runtime `quantize_static`,
 QDQ format (the form TensorRT consumes), symmetric activations and weights, per-channel weights,
-calibrated on patches of real CT. The first conv (one input channel) stays FP32: as an INT8 conv it
+calibrated on patches of real CT. The first conv (few input channels) stays FP32: as an INT8 conv it
 costs more than it saves on the CPU (../shared/FACTS.md).
 """
 

@@ -57,7 +57,8 @@ class ConvBnAct(nn.Module):
 
 
 class UNet3d(nn.Module):
-    """Input (N, in_channels, D, H, W): normalised CT, then the left-right coordinate; output (N, classes, D, H, W) logits. D, H, W % 2**(depth-1) == 0."""
+    """Input (N, in_channels, D, H, W): the channels the manifest's normalisation names (normalised CT,
+    left-right coordinate, enclosed air); output (N, classes, D, H, W) logits. D, H, W % 2**(depth-1) == 0."""
 
     def __init__(self, widths: dict[str, int], depth: int, n_classes: int, in_channels: int = 2) -> None:
         super().__init__()
@@ -90,6 +91,28 @@ class UNet3d(nn.Module):
 
 def make_unet(base: int, depth: int, n_classes: int, in_channels: int = 2) -> UNet3d:
     return UNet3d(default_widths(base, depth), depth, n_classes, in_channels)
+
+
+def widen_input(model: UNet3d, in_channels: int) -> UNet3d:
+    """A copy taking `in_channels` inputs, the new ones appended with zero weights: it computes exactly what
+    `model` did, so a trained network can learn to use a new input channel instead of starting over."""
+    import copy
+
+    if in_channels < model.in_channels:
+        raise ValueError(f"cannot narrow the input from {model.in_channels} to {in_channels} channels")
+    wide = UNet3d(model.widths, model.depth, model.n_classes, in_channels)
+    state = copy.deepcopy(model.state_dict())
+    for spec in model.specs:
+        if "input" not in spec.inputs:
+            continue
+        key = f"layers.{spec.name}.conv.weight"
+        w = state[key]
+        at = sum(model.in_channels if s == "input" else model.widths[s]
+                 for s in spec.inputs[: spec.inputs.index("input") + 1])
+        zeros = torch.zeros((w.shape[0], in_channels - model.in_channels, *w.shape[2:]), dtype=w.dtype)
+        state[key] = torch.cat([w[:, :at], zeros, w[:, at:]], dim=1)
+    wide.load_state_dict(state)
+    return wide.eval()
 
 
 def fold_batchnorm(model: UNet3d) -> UNet3d:
