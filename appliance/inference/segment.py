@@ -24,7 +24,8 @@ CROP_MARGIN_VOXELS = 8  # air kept around the patient: 12 mm at 1.5 mm, 24 mm at
 
 @dataclass
 class SegmentationResult:
-    """Labels (uint8, bundle label values) on the model grid; probabilities (C, z, y, x) float16 if kept."""
+    """Labels (uint8, bundle label values, post-processed) on the model grid; the network's probabilities
+    (C, z, y, x) float16, before post-processing, if kept."""
 
     labels: np.ndarray
     affine: np.ndarray
