@@ -128,17 +128,20 @@ def _cached_case(case, spacing, cache: Path, root: Path) -> LabelledVolume:
 
 def _calibration(vols: list[LabelledVolume], patch, n: int, channels: tuple[str, ...],
                  seed: int = 1) -> list[np.ndarray]:
+    """`n` patches taken round-robin from `vols` at random positions; each volume's whole input (enclosed
+    air needs whole slices) is computed once and dropped before the next."""
     rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        v = vols[i % len(vols)]
-        start = [int(rng.integers(0, max(1, s - p + 1))) for s, p in zip(v.hu.shape, patch, strict=True)]
+    starts = [[int(rng.integers(0, max(1, s - p + 1))) for s, p in zip(vols[i % len(vols)].hu.shape, patch, strict=True)]
+              for i in range(n)]
+    out: list[np.ndarray] = [np.empty(0)] * n
+    for j, v in enumerate(vols[:n]):
         full = network_input(v.hu, v.grid.spacing[2], channels=channels)
-        x = np.zeros((len(channels), *patch), dtype=np.float32)
-        x[0] = HU_CLIP[0] * HU_SCALE
-        crop = full[(slice(None), *(slice(s, s + p) for s, p in zip(start, patch, strict=True)))]
-        x[:, : crop.shape[1], : crop.shape[2], : crop.shape[3]] = crop
-        out.append(x[None])
+        for i in range(j, n, len(vols)):
+            x = np.zeros((len(channels), *patch), dtype=np.float32)
+            x[0] = HU_CLIP[0] * HU_SCALE
+            crop = full[(slice(None), *(slice(s, s + p) for s, p in zip(starts[i], patch, strict=True)))]
+            x[:, : crop.shape[1], : crop.shape[2], : crop.shape[3]] = crop
+            out[i] = x[None]
     return out
 
 

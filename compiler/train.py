@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from appliance.inference.normalise import normalise_hu, x_coordinate
+from appliance.inference.normalise import CHANNELS, normalise_hu, x_coordinate
 from compiler.data import ALL_KNOWN, LabelledVolume
 from compiler.labels.table import NUM_CLASSES, VALUE
 
@@ -46,7 +46,7 @@ class TrainConfig:
     # how often a foreground-centred patch picks each class (small structures more often than lungs)
     class_weights: tuple[float, ...] = (0.0, 1.0, 1.5, 1.0, 1.0, 10.0, 1.0, 1.0, 1.0)
     # the network's input channels (appliance.inference.normalise.network_input)
-    channels: tuple[str, ...] = ("hu", "x_coordinate", "enclosed_air")
+    channels: tuple[str, ...] = CHANNELS
     bf16: bool = False  # bfloat16 autocast (2.3x faster on CPUs with AVX512-BF16/AMX; weights stay FP32)
     # per-voxel weight of the cross-entropy by the voxel's label. Pure air is outside air almost
     # everywhere, so an unweighted loss learns "air = background" and never the trachea (measured:

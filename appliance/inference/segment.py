@@ -1,5 +1,6 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
-sliding window, argmax, keep one component of single-structure organs; the result lives on the model grid with its affine (`SegmentationResult`)."""
+sliding window, argmax, keep one component of single-structure organs; the result lives on the model
+grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
