@@ -45,6 +45,8 @@ from compiler.phantom import make_phantom
 from compiler.train import PatchStream, TrainConfig, bf16_supported, train
 
 log = logging.getLogger("compiler.build")
+GRAPH_NOTE = ("TensorRT-friendly: Conv+ReLU (BN folded), x2 upsampling as a sub-pixel conv (2x2x2 conv, slices, "
+              "depth-to-space transpose; exactly nearest upsample + 3x3x3 conv), opset 17, static shapes")
 
 
 @dataclass
@@ -263,8 +265,7 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     #    second phase at a lower learning rate with a fresh sampling seed
     if teacher_from is not None:
         ck = torch.load(teacher_from)
-        teacher = UNet3d.from_config(ck["config"])
-        teacher.load_state_dict(ck["state"])
+        teacher = _load_unet(teacher_from)
         # the checkpoint's own training history, so the manifest tells how the shipped teacher was made
         report["stages"] += ck.get("stages", [])
         report["stages"].append({"stage": "teacher", "steps": 0, "reused": teacher_from.name})
@@ -299,28 +300,8 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     report["widths"] = {"teacher": teacher.widths, "student": student.widths, "pruned": pruned.widths}
 
     # 5. export + INT8
-    tmp = work / "bundle.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    calib_vols = [v for v in train_vols if not v.name.startswith("phantom")] or train_vols
-    modes: dict[str, ModeSpec] = {}
-    onnx_eval: dict[str, dict[str, Path]] = {}
-    for mode, (spacing, patch, network) in budget.modes.items():
-        net = pruned if network == "student" else teacher
-        fp32 = export_onnx(net, tmp / f"{mode}.fp32.onnx", patch)
-        int8 = quantize_int8(fp32, tmp / f"{mode}.int8.onnx",
-                             _calibration([v for v in calib_vols if v.grid.spacing[0] == spacing[0]] or calib_vols,
-                                          patch, budget.calib_patches, cfg.channels))
-        # a mode that ships the teacher is its own teacher row: no second export, no second evaluation
-        t_onnx = fp32 if net is teacher else export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
-        ms = {which: _ms_per_patch(path, patch, net.in_channels, threads)
-              for which, path in (("int8", int8), ("fp32", fp32))}
-        modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=0.25, fp32=fp32.name,
-                               int8=int8.name, student=f"{'pruned student' if net is pruned else 'teacher'} widths {net.widths}",
-                               cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,
-                               keep_largest_component=list(budget.single_component.get(mode, ())))
-        log.info("event=cpu_precision mode=%s ms_per_patch=%s chosen=%s", mode, ms, modes[mode].cpu_precision)
-        onnx_eval[mode] = {"teacher": t_onnx, "fp32": fp32, "int8": int8}
+    tmp = _fresh(work / "bundle.tmp")
+    modes, onnx_eval = export_modes(budget, teacher, pruned, tmp, work, train_vols, cfg.channels, threads)
     torch.save({"config": pruned.config(), "state": pruned.state_dict()}, work / "student_pruned.pt")
 
     # 6. evaluation on held-out cases, through the appliance's inference path
@@ -341,16 +322,81 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
         evaluation=evaluation,
         provenance={"toolchain": "compiler.build", "torch": torch.__version__, "budget": budget.__dict__ | {},
                     "training": report, "seconds": round(time.monotonic() - t_start, 1),
-                    "note": "TensorRT-friendly: Conv+ReLU (BN folded), nearest Upsample+Conv, opset 17, static shapes"},
+                    "note": GRAPH_NOTE},
     )
+    _publish(tmp, out, manifest)
+    log.info("event=bundle_written path=%s seconds=%.0f", out, time.monotonic() - t_start)
+    return out
+
+
+def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, work: Path,
+                 train_vols: list[LabelledVolume], channels: tuple[str, ...],
+                 threads: int) -> tuple[dict[str, ModeSpec], dict[str, dict[str, Path]]]:
+    """Each mode's FP32 and INT8 ONNX into `out` (calibrated on the real training volumes), its CPU
+    precision picked by measured speed; plus the networks each mode is evaluated as."""
+    calib_vols = [v for v in train_vols if not v.name.startswith("phantom")] or train_vols
+    modes: dict[str, ModeSpec] = {}
+    onnx_eval: dict[str, dict[str, Path]] = {}
+    for mode, (spacing, patch, network) in budget.modes.items():
+        net = student if network == "student" else teacher
+        fp32 = export_onnx(net, out / f"{mode}.fp32.onnx", patch)
+        int8 = quantize_int8(fp32, out / f"{mode}.int8.onnx",
+                             _calibration([v for v in calib_vols if v.grid.spacing[0] == spacing[0]] or calib_vols,
+                                          patch, budget.calib_patches, channels))
+        # a mode that ships the teacher is its own teacher row: no second export, no second evaluation
+        t_onnx = fp32 if net is teacher else export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
+        ms = {which: _ms_per_patch(path, patch, net.in_channels, threads)
+              for which, path in (("int8", int8), ("fp32", fp32))}
+        modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=0.25, fp32=fp32.name,
+                               int8=int8.name, student=f"{'teacher' if net is teacher else 'pruned student'} widths {net.widths}",
+                               cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,
+                               keep_largest_component=list(budget.single_component.get(mode, ())))
+        log.info("event=cpu_precision mode=%s ms_per_patch=%s chosen=%s", mode, ms, modes[mode].cpu_precision)
+        onnx_eval[mode] = {"teacher": t_onnx, "fp32": fp32, "int8": int8}
+    return modes, onnx_eval
+
+
+def reexport(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2) -> Path:
+    """Export, quantize and evaluate the trained networks in `work` (teacher.pt, student_pruned.pt) again
+    and republish the bundle with its training record kept: for a change to export, such as the graph
+    form, that does not need training again."""
+    manifest = load_bundle(bundle_dir).manifest
+    train_vols, _, heldout, _ = load_data(budget, work / "cache", shared_data_root())
+    teacher, student = _load_unet(work / "teacher.pt"), _load_unet(work / "student_pruned.pt")
+    tmp = _fresh(work / "bundle.tmp")
+    channels = tuple(manifest.normalisation.channels)
+    manifest.modes, onnx_eval = export_modes(budget, teacher, student, tmp, work, train_vols, channels, threads)
+    manifest.evaluation = evaluate_modes(manifest.modes, onnx_eval, heldout, tmp, channels, threads)
+    manifest.provenance["note"] = GRAPH_NOTE
+    manifest.provenance["reexported"] = {
+        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "why": "export changed after the networks were trained (compiler.build --reexport)"}
+    manifest.provenance.pop("evaluation_rerun", None)
+    _publish(tmp, bundle_dir, manifest)
+    return bundle_dir
+
+
+def _load_unet(path: Path) -> UNet3d:
+    ck = torch.load(path)
+    net = UNet3d.from_config(ck["config"])
+    net.load_state_dict(ck["state"])
+    return net.eval()
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _publish(tmp: Path, out: Path, manifest: Manifest) -> None:
+    """Write the manifest, refuse a bundle that does not verify, then swap it in for `out`."""
     write_manifest(tmp, manifest)
-    load_bundle(tmp)  # refuse to publish a bundle that does not verify
+    load_bundle(tmp)
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
-    log.info("event=bundle_written path=%s seconds=%.0f", out, time.monotonic() - t_start)
-    return out
 
 
 def _labels() -> list[Label]:
@@ -386,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     p.add_argument("--reevaluate", action="store_true",
                    help="evaluate the bundle at --out again (inference changed, networks did not) and rewrite its manifest")
+    p.add_argument("--reexport", action="store_true",
+                   help="export, quantize and evaluate the networks in --work again (export changed, training did "
+                        "not) and republish the bundle at --out")
     p.add_argument("--teacher-from", type=Path, default=None, help="reuse a teacher checkpoint (teacher.pt)")
     p.add_argument("--teacher-more-steps", type=int, default=None,
                    help="steps of the teacher's second phase (default: the budget's; none with --teacher-from)")
@@ -399,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                          finetune_steps=max(1, int(budget.finetune_steps * args.steps_scale)))
     if args.reevaluate:
         reevaluate(args.out, budget, args.work, threads=args.threads)
+        return 0
+    if args.reexport:
+        reexport(args.out, budget, args.work, threads=args.threads)
         return 0
     build(args.out, budget, args.work, threads=args.threads, seed=args.seed, teacher_from=args.teacher_from,
           teacher_more_steps=args.teacher_more_steps)

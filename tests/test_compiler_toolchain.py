@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="the model toolchain needs the `model` extra (torch)")
 
 from appliance.inference.bundle import load_bundle  # noqa: E402
-from compiler.build import SMOKE, build  # noqa: E402
+from compiler.build import SMOKE, build, reexport  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
-from compiler.model.unet import make_unet, widen_input  # noqa: E402
+from compiler.model.unet import SubpixelUpConv, make_unet, widen_input  # noqa: E402
 from compiler.train import allowed_mask, marginal_ce  # noqa: E402
 
 
@@ -80,7 +80,19 @@ def test_smoke_bundle_declares_the_input_channels_its_network_takes(smoke_bundle
     assert n_in == 3
 
 
-def test_exported_onnx_matches_torch_with_batchnorm_folded(tmp_path):
+def test_subpixel_conv_is_exactly_nearest_upsample_then_conv_at_every_border():
+    torch.manual_seed(3)
+    conv = torch.nn.Conv3d(5, 7, 3, padding=1, bias=True)
+    x = torch.randn(2, 5, 3, 4, 5)  # odd and even sizes: every parity meets a border
+    want = torch.relu(conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")))
+    got = SubpixelUpConv(conv)(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="3x3x3"):
+        SubpixelUpConv(torch.nn.Conv3d(5, 7, 3, stride=2, padding=1))
+
+
+def test_exported_onnx_matches_torch_with_batchnorm_folded_and_no_resize(tmp_path):
     import onnxruntime as ort
 
     torch.manual_seed(1)
@@ -89,9 +101,22 @@ def test_exported_onnx_matches_torch_with_batchnorm_folded(tmp_path):
     model(torch.randn(2, 2, 16, 16, 16))  # non-trivial BN statistics
     model.eval()
     path = export_onnx(model, tmp_path / "m.onnx", (16, 16, 16))
+    assert "Resize" not in {n.op_type for n in onnx.load(str(path)).graph.node}
     x = torch.randn(1, 2, 16, 16, 16)
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
     assert np.abs(out - model(x).detach().numpy()).max() < 1e-3
+
+
+def test_reexport_republishes_the_trained_networks_with_their_training_record(smoke_bundle, tmp_path):
+    import shutil
+
+    bundle = shutil.copytree(smoke_bundle, tmp_path / "bundle")
+    before = load_bundle(bundle).manifest
+    reexport(bundle, SMOKE, smoke_bundle.parent / "work", threads=1)
+    after = load_bundle(bundle).manifest  # hashes verified
+    assert after.provenance["training"] == before.provenance["training"]
+    assert "reexported" in after.provenance and after.evaluation["cases"]
+    assert after.modes["preview"].fp32 in after.files
 
 
 def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():

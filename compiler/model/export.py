@@ -1,4 +1,5 @@
-"""ONNX export (BN folded, static shapes, opset 17) and INT8 static quantization (QDQ, symmetric).
+"""ONNX export (BN folded, upsampling as sub-pixel convs, static shapes, opset 17) and INT8 static
+quantization (QDQ, symmetric).
 
 Opset 17 is accepted by TensorRT 10 and ONNX Runtime. Quantization: ONNX Runtime `quantize_static`,
 QDQ format (the form TensorRT consumes), symmetric activations and weights, per-channel weights,
@@ -16,21 +17,21 @@ import numpy as np
 import onnx
 import torch
 
-from compiler.model.unet import UNet3d, fold_batchnorm
+from compiler.model.unet import UNet3d, fold_batchnorm, subpixel_upsampling
 
 log = logging.getLogger(__name__)
 OPSET = 17
 
 
 def export_onnx(model: UNet3d, path: Path, patch: tuple[int, int, int], batch: int = 1) -> Path:
-    folded = fold_batchnorm(model).eval()
+    folded = subpixel_upsampling(fold_batchnorm(model))
     x = torch.zeros((batch, model.in_channels, *patch), dtype=torch.float32)
     torch.onnx.export(folded, (x,), str(path), input_names=["image"], output_names=["logits"],
                       opset_version=OPSET, do_constant_folding=True, dynamo=False)
     m = onnx.load(str(path))
     onnx.checker.check_model(m)
     ops = {n.op_type for n in m.graph.node}
-    if "ConvTranspose" in ops or "BatchNormalization" in ops:
+    if ops & {"ConvTranspose", "BatchNormalization", "Resize"}:
         raise RuntimeError(f"exported graph is not TensorRT-friendly: {sorted(ops)}")
     return path
 
