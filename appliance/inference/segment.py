@@ -1,6 +1,6 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
-sliding window, argmax, keep one component of single-structure organs; the result lives on the model
-grid with its affine (`SegmentationResult`)."""
+sliding window, argmax, post-processing (experimental organs confined to soft tissue, one component of
+single-structure organs); the result lives on the model grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from appliance.inference.bundle import Label, ModelBundle
 from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import network_input
-from appliance.inference.postprocess import keep_largest_components
+from appliance.inference.postprocess import confine_experimental, keep_single_structures
 from appliance.inference.sliding import sliding_window
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,12 @@ def segment_array(
         full_probs[(slice(None), *box)] = probs
     timings["argmax_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    keep_largest_components(labels[box], [lab.value for lab in bundle.manifest.labels
-                                          if lab.name in spec.keep_largest_component])
+    table = bundle.manifest.labels
+    confine_experimental(labels[box], probs, [lab.value for lab in table if not lab.experimental],
+                         [lab.value for lab in table if lab.experimental],
+                         next(lab.value for lab in table if lab.name == "body"))
+    keep_single_structures(labels[box], image[box], {lab.name: lab.value for lab in table
+                                                     if lab.name in spec.keep_largest_component})
     timings["postprocess_s"] = time.perf_counter() - t
     log.info("event=segmented mode=%s backend=%s grid=%s box=%s %s", mode, backend.name, grid.shape,
              tuple(s.stop - s.start for s in box), " ".join(f"{k}={v:.3f}" for k, v in timings.items()))

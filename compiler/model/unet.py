@@ -1,7 +1,8 @@
 """A TensorRT-friendly 3D U-Net whose every conv layer has its own width, so it can be channel-pruned.
 
 TensorRT-friendly: Conv3d + BatchNorm (folded into the conv at export) + ReLU, strided convs to go
-down, nearest upsample + conv to go up (no ConvTranspose3d), concatenation skips, static shapes.
+down, nearest upsample + conv to go up (no ConvTranspose3d; exported as the equivalent `SubpixelUpConv`),
+concatenation skips, static shapes.
 The layer graph is explicit (`LayerSpec.inputs`) so structured pruning can slice every weight tensor
 consistently, concatenations included (`compiler.model.prune`).
 """
