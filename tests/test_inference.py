@@ -17,7 +17,11 @@ from appliance.inference.bundle import BundleError, load_bundle
 from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air, network_input
-from appliance.inference.postprocess import confine_experimental, keep_largest_components, keep_single_structures
+from appliance.inference.postprocess import (
+    confine_experimental,
+    keep_largest_components,
+    keep_single_structures,
+)
 from appliance.inference.segment import segment_array
 from appliance.inference.sliding import gaussian_weights, sliding_window, window_starts
 
