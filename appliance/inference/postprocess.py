@@ -19,9 +19,9 @@ network's largest airway island was a blob of lung (820 voxels, 5 of them below 
 trachea's 591 voxels held 511 (measured on the held-out chest).
 
 An island that is removed takes the foreground label that surrounds it most (a speck of "airway" in the
-lung becomes lung); background only if nothing else touches it. A false airway island is gas in the
-bowel, where the network also calls the gas around it background, and making it background too would
-punch a hole in the body (measured: body HD95 3 -> 9 mm on the held-out abdomen).
+lung becomes lung); background only if nothing else touches it. On the held-out abdomen the false
+airway islands are bowel gas that the network rings with "background"; they belong to the patient, and
+relabelling them background would leave holes in the body.
 """
 
 from __future__ import annotations
