@@ -87,7 +87,7 @@ FULL = Budget(
            "full": ((1.5, 1.5, 1.5), (64, 128, 128), "teacher")},
     # each lung, the airway tree and the experimental organs are one connected structure (body and bone
     # are not: arms, ribs). Measured on the held-out chest: full-mode airway Dice 0.51 -> 0.86 with it;
-    # preview airway 0.36 -> 0.69 once the airway island is chosen by its pure air (postprocess.py)
+    # preview airway 0.36 -> 0.74 once the airway island is chosen by its pure air (postprocess.py)
     single_component={mode: ("lung_left", "lung_right", "airway", "heart", "aorta", "liver")
                       for mode in ("preview", "full")},
     calib_patches=12,
