@@ -190,9 +190,11 @@ def load_data(budget: Budget, cache: Path, root: Path, seed: int = 0):
 
 def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Path]],
                    heldout: dict[tuple, list[LabelledVolume]], root: Path, channels: tuple[str, ...],
-                   threads: int) -> dict:
+                   threads: int, patches: dict[tuple[str, str], tuple[int, int, int]] | None = None) -> dict:
     """Dice / HD95 of teacher, FP32 and INT8 per mode and held-out case, through `segment_array` (what
-    ships, post-processing included), plus INT8-vs-FP32 agreement."""
+    ships, post-processing included), plus INT8-vs-FP32 agreement. `patches[(mode, which)]` runs that
+    network at another static patch than the mode's."""
+    patches = patches or {}
     evaluation: dict = {"reference": "rule-based reference labels (compiler/labels/reference.py) merged with "
                         "TotalSegmentator silver masks where present; both are automatic, not expert labels",
                         "cases": {}}
@@ -206,7 +208,8 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
                 by_path[path] = which
                 backend = OrtBackend(path, ["CPUExecutionProvider"], threads, f"ort-cpu-{which}")
                 t0 = time.perf_counter()
-                res = segment_array(lv.hu, lv.grid.affine, _BundleView(spec, root, channels), mode, backend)
+                run_spec = spec.model_copy(update={"patch": patches.get((mode, which), spec.patch)})
+                res = segment_array(lv.hu, lv.grid.affine, _BundleView(run_spec, root, channels), mode, backend)
                 secs = time.perf_counter() - t0
                 pred = res.labels_on(lv.grid)
                 preds[which] = pred
@@ -224,17 +227,24 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
     _, _, heldout, _ = load_data(budget, work / "cache", shared_data_root())
-    onnx_eval = {}
+    onnx_eval, patches, notes = {}, {}, []
+    # where the build's own export of the teacher at a student mode's patch is gone (a fresh clone has
+    # no build/), the mode that ships the teacher lends its file: the same network at its own patch
+    shipped_teacher = next(((m, s) for m, s in manifest.modes.items() if s.student.startswith("teacher")), None)
     for mode, spec in manifest.modes.items():
         spec.keep_largest_component = list(budget.single_component.get(mode, ()))
         fp32, int8 = bundle.path(spec.fp32), bundle.path(spec.int8)
         teacher = fp32 if spec.student.startswith("teacher") else work / f"teacher.{mode}.onnx"
+        if not teacher.exists() and shipped_teacher is not None:
+            teacher, patches[(mode, "teacher")] = bundle.path(shipped_teacher[1].fp32), shipped_teacher[1].patch
+            notes.append(f"{mode} teacher row: {teacher.name} at patch {list(shipped_teacher[1].patch)}")
         onnx_eval[mode] = {"teacher": teacher, "fp32": fp32, "int8": int8}
     manifest.evaluation = evaluate_modes(manifest.modes, onnx_eval, heldout, bundle_dir,
-                                         tuple(manifest.normalisation.channels), threads)
+                                         tuple(manifest.normalisation.channels), threads, patches)
     manifest.provenance["evaluation_rerun"] = {
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "why": "inference changed after the networks were built (compiler.build --reevaluate)"}
+        "why": "inference changed after the networks were built (compiler.build --reevaluate)",
+        **({"notes": notes} if notes else {})}
     write_manifest(bundle_dir, manifest)
     load_bundle(bundle_dir)
     return bundle_dir

@@ -18,7 +18,11 @@ from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
+    airway_is_air,
     confine_experimental,
+    drop_implausible_airway,
+    fill_airway_lumen,
+    fill_bone_marrow,
     keep_largest_components,
     keep_single_structures,
 )
@@ -140,6 +144,55 @@ def test_an_experimental_organ_never_takes_a_voxel_the_validated_classes_call_bo
     labels = np.argmax(probs, axis=0).astype(np.uint8)
     out = confine_experimental(labels, probs, [1, 2, 3, 4, 5], [6, 7, 8], host=1)
     assert out.ravel().tolist() == [7, 2, 3, 8]  # never a hole of background inside the patient
+
+
+def test_airway_the_network_painted_on_soft_tissue_becomes_body_and_its_air_stays_airway():
+    labels = np.full((1, 1, 4), 5, dtype=np.uint8)
+    hu = np.array([[[-1000.0, -450.0, -350.0, 60.0]]], dtype=np.float32)
+    assert airway_is_air(labels, hu, airway=5, host=1).ravel().tolist() == [5, 5, 1, 1]
+
+
+def test_an_airway_island_below_the_lung_bases_or_without_pure_air_goes_back_to_its_surroundings():
+    labels = np.ones((30, 20, 20), dtype=np.uint8)  # body; z grows superior
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)
+    labels[12:28, 4:16, 2:8] = 3  # left lung from slice 12 up
+    labels[12:28, 4:16, 12:18] = 4
+    hu[np.isin(labels, (3, 4))] = -850.0
+    labels[2:6, 8:11, 8:11], hu[2:6, 8:11, 8:11] = 5, -1000.0  # gas in the abdomen, below slice 12
+    labels[18:30, 9:11, 9:11], hu[18:30, 9:11, 9:11] = 5, -1000.0  # the trachea, between the lungs
+    labels[14:17, 6:9, 3:6] = 5  # lung tissue by the hilum (-850 HU): no lumen
+    out = drop_implausible_airway(labels.copy(), hu, airway=5, lungs=(3, 4))
+    assert (out[2:6, 8:11, 8:11] == 1).all() and (out[14:17, 6:9, 3:6] == 3).all()
+    assert (out[18:30, 9:11, 9:11] == 5).all()
+    no_lungs = np.where(np.isin(labels, (3, 4)), 1, labels).astype(np.uint8)
+    out = drop_implausible_airway(no_lungs.copy(), hu, 5, (3, 4))  # judged by its air alone
+    assert (out[2:6, 8:11, 8:11] == 5).all() and (out[14:17, 6:9, 3:6] == 1).all()
+
+
+def test_air_the_network_left_background_inside_the_trachea_becomes_airway_but_outside_air_does_not():
+    labels = np.zeros((6, 30, 30), dtype=np.uint8)
+    labels[:, 5:25, 5:25] = 1  # the patient
+    labels[:, 12:19, 12:19] = 5  # the trachea's wall...
+    labels[:, 14:17, 14:17] = 0  # ...and its lumen, called outside air
+    enclosed = np.zeros(labels.shape, dtype=np.float32)
+    enclosed[:, 14:17, 14:17] = 1.0
+    labels[:, 10, 10], enclosed[:, 10, 10] = 0, 1.0  # gas beside the trachea, nearer the body: not lumen
+    out = fill_airway_lumen(labels.copy(), enclosed, airway=5)
+    assert (out[:, 14:17, 14:17] == 5).all() and (out[:, 10, 10] == 0).all()
+    assert np.array_equal(out[labels != 0], labels[labels != 0])
+
+
+def test_bone_takes_the_marrow_its_cortex_encloses_but_not_a_skull_interior_or_another_organ():
+    labels = np.ones((4, 60, 60), dtype=np.uint8)  # body, 1 mm voxels
+    labels[:, 5:15, 5:15] = 2  # a vertebral body's cortex around 6x6 mm of marrow
+    labels[:, 7:13, 7:13] = 1
+    labels[1, 9, 9] = 3  # a voxel of another structure inside the ring is left alone
+    labels[:, 20:58, 20:58] = 2  # a skull around 36x36 voxels
+    labels[:, 21:57, 21:57] = 1
+    out = fill_bone_marrow(labels.copy(), bone=2, host=1, spacing=(1.0, 2.0, 2.0))  # 4 mm2 a voxel
+    assert (out[:, 7:13, 7:13] == 2).sum() == 4 * 36 - 1 and out[1, 9, 9] == 3
+    assert (out[:, 21:57, 21:57] == 1).all()  # 36*36*4 mm2 = 5184 mm2: the inside of a skull stays open
+    assert (out[:, 16:19, :] == 1).all()  # nothing outside a ring changes
 
 
 def test_bundle_modes_declare_which_labels_are_one_connected_structure(bundle_copy):

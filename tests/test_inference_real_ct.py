@@ -1,5 +1,5 @@
-"""The committed model bundle on a real chest CT (../shared/data, not used for training): its body, lungs
-and bone must agree with the reference labels above a loose floor, so a broken model fails."""
+"""The committed model bundle on a real chest CT (../shared/data, not used for training): its body, lungs,
+bone and airway must agree with the reference labels above a loose floor, so a broken model fails."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from compiler.labels.reference import reference_labels
 from dicom_node.volume import assemble_volume
 
 BUNDLE = Path(__file__).resolve().parent.parent / "models" / "ct_chest"
-# Loose floors set below what the committed bundle measured on this case (FP32 student, preview: body
-# 0.979, bone 0.775, left lung 0.930, right lung 0.836 where labelled): a broken model, swapped lungs, a
-# wrong orientation or a wrong normalisation falls far below them. The airway is not learnt yet (issue 5).
-FLOORS = {"body": 0.95, "bone": 0.70, "lung_left": 0.88, "lung_right": 0.75}
+# Loose floors set below what the committed bundle measured on this case (FP32 student, preview, against
+# this test's own 3 mm reference: body 0.991, bone 0.81, left lung 0.971, right lung 0.962 where
+# labelled, airway 0.80): a broken model, swapped lungs, a wrong orientation, a wrong normalisation or
+# a post-processing step that eats a structure falls far below them.
+FLOORS = {"body": 0.95, "bone": 0.72, "lung_left": 0.90, "lung_right": 0.85, "airway": 0.55}
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,13 @@ def lidc_scores():
         "lung_left": dice((pred == 3) & ok, (lab == 3) & ok),
         "lung_right": dice((pred == 4) & ok, (lab == 4) & ok),
         "bone": dice((pred == 2) & ok, (lab == 2) & ok),
+        "airway": dice((pred == 5) & ok, (lab == 5) & ok),
     }
     return {k: v or 0.0 for k, v in scores.items()}
 
 
 @pytest.mark.slow
-def test_committed_bundle_segments_real_chest_ct_body_bone_and_both_lungs(lidc_scores):
+def test_committed_bundle_segments_real_chest_ct_body_bone_both_lungs_and_airway(lidc_scores):
+    print({k: round(v, 4) for k, v in lidc_scores.items()})
     low = {k: round(lidc_scores[k], 3) for k in FLOORS if lidc_scores[k] < FLOORS[k]}
     assert not low, f"below the floor {FLOORS}: {low} (all: {lidc_scores})"

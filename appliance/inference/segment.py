@@ -1,6 +1,6 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
 sliding window, argmax, post-processing (experimental organs confined to soft tissue, one component of
-single-structure organs); the result lives on the model grid with its affine (`SegmentationResult`)."""
+single-structure organs, an airway above the lungs with its lumen, bone marrow); the result lives on the model grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ from appliance.inference.backends import Backend
 from appliance.inference.bundle import Label, ModelBundle
 from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
-from appliance.inference.normalise import network_input
-from appliance.inference.postprocess import confine_experimental, keep_single_structures
+from appliance.inference.normalise import enclosed_air, network_input
+from appliance.inference.postprocess import (
+    airway_is_air,
+    confine_experimental,
+    drop_implausible_airway,
+    fill_airway_lumen,
+    fill_bone_marrow,
+    keep_single_structures,
+)
 from appliance.inference.sliding import sliding_window
 
 log = logging.getLogger(__name__)
@@ -84,14 +91,31 @@ def segment_array(
         full_probs[(slice(None), *box)] = probs
     timings["argmax_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    table = bundle.manifest.labels
-    confine_experimental(labels[box], probs, [lab.value for lab in table if not lab.experimental],
-                         [lab.value for lab in table if lab.experimental],
-                         next(lab.value for lab in table if lab.name == "body"))
-    keep_single_structures(labels[box], image[box], {lab.name: lab.value for lab in table
-                                                     if lab.name in spec.keep_largest_component})
+    channels = tuple(norm.channels)
+    enclosed = (net_in[channels.index("enclosed_air")] if "enclosed_air" in channels
+                else enclosed_air(image)[box])
+    _postprocess(labels[box], probs, image[box], enclosed, bundle.manifest.labels, spec.keep_largest_component,
+                 grid.spacing)
     timings["postprocess_s"] = time.perf_counter() - t
     log.info("event=segmented mode=%s backend=%s grid=%s box=%s %s", mode, backend.name, grid.shape,
              tuple(s.stop - s.start for s in box), " ".join(f"{k}={v:.3f}" for k, v in timings.items()))
     return SegmentationResult(labels, grid.affine, list(bundle.manifest.labels), mode, backend.name,
                               full_probs, timings)
+
+
+def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed: np.ndarray,
+                 table: list[Label], single: list[str], spacing: tuple[float, float, float]) -> None:
+    """The post-processing chain of `appliance.inference.postprocess` on one label map, in place, in the
+    order each step needs: organs confined and the airway cut to air before islands are counted, the
+    lungs' false islands (specks in bowel gas) removed before the lung bases are found, bowel-gas airway
+    dropped before the airway's island is chosen, the lumen filled from the chosen airway."""
+    value = {lab.name: lab.value for lab in table}
+    confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
+                         [lab.value for lab in table if lab.experimental], value["body"])
+    airway_is_air(labels, hu, value["airway"], value["body"])
+    single_values = {name: value[name] for name in single if name in value}
+    keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k != "airway"})
+    drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
+    keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
+    fill_airway_lumen(labels, enclosed, value["airway"])
+    fill_bone_marrow(labels, value["bone"], value["body"], spacing)

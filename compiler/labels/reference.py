@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from appliance.inference.postprocess import MARROW_MAX_AREA_MM2, fill_small_holes
 from compiler.labels.table import VALUE
 
 log = logging.getLogger(__name__)
@@ -68,22 +69,6 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
     out = np.empty_like(mask)
     for k in range(mask.shape[0]):
         out[k] = ndimage.binary_fill_holes(mask[k])
-    return out
-
-
-def _fill_small_holes(mask: np.ndarray, max_area_mm2: float, spacing) -> np.ndarray:
-    """Slice-wise hole filling that leaves holes larger than `max_area_mm2` open."""
-    max_vox = max_area_mm2 / (spacing[1] * spacing[2])
-    out = mask.copy()
-    for k in range(mask.shape[0]):
-        holes = ndimage.binary_fill_holes(mask[k]) & ~mask[k]
-        if not holes.any():
-            continue
-        lab, _ = ndimage.label(holes)
-        sizes = np.bincount(lab.ravel())
-        small = sizes <= max_vox
-        small[0] = False
-        out[k] |= small[lab]
     return out
 
 
@@ -280,7 +265,7 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     dense = (hu > 250) & body
     dense &= ~_vessel_mask(hu, dense, spacing)
     dense = ndimage.binary_closing(dense, structure=_ball(1.0 * max(spacing), spacing)) | dense
-    filled = _fill_small_holes(dense, 2500.0, spacing)
+    filled = fill_small_holes(dense, MARROW_MAX_AREA_MM2, spacing)
     lab, n = ndimage.label(filled)
     if n == 0:
         return filled
