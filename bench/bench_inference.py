@@ -56,9 +56,9 @@ def main(threads: int = 2) -> None:
           f"{'total s':>8s} {'peak MB':>8s}   (series read, not counted: see 'read')")
     # a fresh clone has no build/: a student mode's teacher row then runs the file of the mode that ships
     # the teacher, at that mode's patch (the same network; compiler.build --reevaluate does the same)
-    shipped_teacher = next((s for s in bundle.manifest.modes.values() if s.student.startswith("teacher")), None)
+    shipped_teacher = next((s for s in bundle.manifest.modes.values() if s.ships_teacher), None)
     for mode, spec in bundle.manifest.modes.items():
-        net = "teacher" if spec.student.startswith("teacher") else "student"
+        net = "teacher" if spec.ships_teacher else "student"
         models = [(f"{net} INT8", bundle.path(spec.int8), None), (f"{net} FP32", bundle.path(spec.fp32), None)]
         if net == "student":
             teacher = TEACHER / f"teacher.{mode}.onnx"

@@ -230,14 +230,14 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
     onnx_eval, patches, notes = {}, {}, []
     # where the build's own export of the teacher at a student mode's patch is gone (a fresh clone has
     # no build/), the mode that ships the teacher lends its file: the same network at its own patch
-    shipped_teacher = next(((m, s) for m, s in manifest.modes.items() if s.student.startswith("teacher")), None)
+    shipped_teacher = next((s for s in manifest.modes.values() if s.ships_teacher), None)
     for mode, spec in manifest.modes.items():
         spec.keep_largest_component = list(budget.single_component.get(mode, ()))
         fp32, int8 = bundle.path(spec.fp32), bundle.path(spec.int8)
-        teacher = fp32 if spec.student.startswith("teacher") else work / f"teacher.{mode}.onnx"
+        teacher = fp32 if spec.ships_teacher else work / f"teacher.{mode}.onnx"
         if not teacher.exists() and shipped_teacher is not None:
-            teacher, patches[(mode, "teacher")] = bundle.path(shipped_teacher[1].fp32), shipped_teacher[1].patch
-            notes.append(f"{mode} teacher row: {teacher.name} at patch {list(shipped_teacher[1].patch)}")
+            teacher, patches[(mode, "teacher")] = bundle.path(shipped_teacher.fp32), shipped_teacher.patch
+            notes.append(f"{mode} teacher row: {teacher.name} at patch {list(shipped_teacher.patch)}")
         onnx_eval[mode] = {"teacher": teacher, "fp32": fp32, "int8": int8}
     manifest.evaluation = evaluate_modes(manifest.modes, onnx_eval, heldout, bundle_dir,
                                          tuple(manifest.normalisation.channels), threads, patches)

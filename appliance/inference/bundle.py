@@ -68,6 +68,11 @@ class ModeSpec(BaseModel):
     # labels that are one connected structure at this grid: inference keeps only their largest component
     keep_largest_component: list[str] = []
 
+    @property
+    def ships_teacher(self) -> bool:
+        """The mode runs the teacher network itself, not a student (`student` names which)."""
+        return self.student.startswith("teacher")
+
 
 class TrainingCase(BaseModel):
     model_config = ConfigDict(extra="allow")

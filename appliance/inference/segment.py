@@ -1,6 +1,7 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
 sliding window, argmax, post-processing (experimental organs confined to soft tissue, one component of
-single-structure organs, an airway above the lungs with its lumen, bone marrow); the result lives on the model grid with its affine (`SegmentationResult`)."""
+single-structure organs, an airway of air above the lungs with its lumen, bone marrow); the result lives
+on the model grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
