@@ -182,17 +182,21 @@ def test_air_the_network_left_background_inside_the_trachea_becomes_airway_but_o
     assert np.array_equal(out[labels != 0], labels[labels != 0])
 
 
-def test_bone_takes_the_marrow_its_cortex_encloses_but_not_a_skull_interior_or_another_organ():
-    labels = np.ones((4, 60, 60), dtype=np.uint8)  # body, 1 mm voxels
-    labels[:, 5:15, 5:15] = 2  # a vertebral body's cortex around 6x6 mm of marrow
+def test_bone_takes_the_marrow_its_cortex_encloses_but_not_a_skull_interior_a_sinus_or_another_organ():
+    labels = np.ones((4, 60, 60), dtype=np.uint8)  # body, 1 x 2 x 2 mm voxels
+    hu = np.full(labels.shape, 150.0, dtype=np.float32)
+    labels[:, 5:15, 5:15] = 2  # a vertebral body's cortex around 6x6 voxels of marrow
     labels[:, 7:13, 7:13] = 1
     labels[1, 9, 9] = 3  # a voxel of another structure inside the ring is left alone
-    labels[:, 20:58, 20:58] = 2  # a skull around 36x36 voxels
-    labels[:, 21:57, 21:57] = 1
-    out = fill_bone_marrow(labels.copy(), bone=2, host=1, spacing=(1.0, 2.0, 2.0))  # 4 mm2 a voxel
+    labels[:, 5:15, 30:40] = 2  # a paranasal sinus: a ring of bone around air
+    labels[:, 7:13, 32:38], hu[:, 7:13, 32:38] = 1, -900.0
+    labels[:, 20:58, 0:38] = 2  # a skull around 36x36 voxels
+    labels[:, 21:57, 1:37] = 1
+    out = fill_bone_marrow(labels.copy(), hu, bone=2, host=1, spacing=(1.0, 2.0, 2.0))  # 4 mm2 a voxel
     assert (out[:, 7:13, 7:13] == 2).sum() == 4 * 36 - 1 and out[1, 9, 9] == 3
-    assert (out[:, 21:57, 21:57] == 1).all()  # 36*36*4 mm2 = 5184 mm2: the inside of a skull stays open
-    assert (out[:, 16:19, :] == 1).all()  # nothing outside a ring changes
+    assert (out[:, 7:13, 32:38] == 1).all()  # air is never marrow
+    assert (out[:, 21:57, 1:37] == 1).all()  # 36*36*4 mm2 = 5184 mm2: the inside of a skull stays open
+    assert (out[:, 16:19, :] == 1).all() and (out[:, :, 45:] == 1).all()  # nothing outside a ring changes
 
 
 def test_bundle_modes_declare_which_labels_are_one_connected_structure(bundle_copy):

@@ -44,7 +44,8 @@ Bone is cortex with its marrow (the reference labeller's definition, `compiler.l
 calls `fill_small_holes` too). The network paints the bright cortex and often leaves the marrow of a
 vertebral body, the sternum or a humeral head hollow (on the held-out chest 35000 missed bone voxels,
 median 104 HU, nearly all inside a ring of predicted cortex); filling each axial slice's enclosed holes
-up to the size of a vertebral body gives it back, and the inside of a skull stays open.
+up to the size of a vertebral body gives it back. The inside of a skull stays open, and so does air
+that bone encloses (a paranasal sinus, mastoid cells): marrow is tissue.
 """
 
 from __future__ import annotations
@@ -181,13 +182,15 @@ def fill_small_holes(mask: np.ndarray, max_area_mm2: float, spacing: tuple[float
     return out
 
 
-def fill_bone_marrow(labels: np.ndarray, bone: int, host: int, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Voxels labelled `host` (plain body) that a slice's ring of `bone` encloses become bone (module
-    docstring); no other label is overwritten. Modifies `labels` in place and returns it."""
+def fill_bone_marrow(labels: np.ndarray, hu: np.ndarray, bone: int, host: int,
+                     spacing: tuple[float, float, float]) -> np.ndarray:
+    """Voxels labelled `host` (plain body) that a slice's ring of `bone` encloses become bone unless they
+    are air (a paranasal sinus or mastoid cells: marrow is tissue); no other label is overwritten
+    (module docstring). `hu` on the grid of `labels`; modifies `labels` in place and returns it."""
     mask = labels == bone
     if mask.any():
         box = _bbox(mask)
         region = labels[box]  # a view: writes go to `labels`
-        marrow = fill_small_holes(mask[box], MARROW_MAX_AREA_MM2, spacing) & (region == host)
-        region[marrow] = bone
+        enclosed = fill_small_holes(mask[box], MARROW_MAX_AREA_MM2, spacing)
+        region[enclosed & (region == host) & (hu[box] >= ENCLOSED_AIR_HU)] = bone
     return labels

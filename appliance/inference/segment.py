@@ -119,4 +119,4 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
     fill_airway_lumen(labels, enclosed, value["airway"])
-    fill_bone_marrow(labels, value["bone"], value["body"], spacing)
+    fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
