@@ -148,6 +148,19 @@ def marginal_ce(logits: torch.Tensor, allowed: torch.Tensor, weight: torch.Tenso
     return -(lse * w).sum() / w.sum().clamp(min=1)
 
 
+def distillation_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean per voxel of KL(teacher || student) at `temperature`. The weight is the hard
+    label's loss weight: unweighted, the few airway voxels of a patch add almost nothing to the soft
+    term, and the distilled student lost the airway its teacher had (scratch build, preview lidc:
+    teacher 0.84, student 0.59)."""
+    soft = torch.softmax(teacher_logits / temperature, dim=1)
+    kl = nn.functional.kl_div(torch.log_softmax(logits / temperature, dim=1), soft, reduction="none").sum(dim=1)
+    if weight is None:
+        return kl.mean()
+    return (kl * weight).sum() / weight.sum().clamp(min=1)
+
+
 def soft_dice(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Mean soft Dice loss over foreground classes, counted only where the class is known."""
     prob = torch.softmax(logits, dim=1)
@@ -214,9 +227,7 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
         loss = marginal_ce(logits, allowed_mask(lab, known), lw[lab.long()]) + soft_dice(logits, lab, known)
         loss = loss + cfg.label_prior * _labelled_ce(logits, lab, known)
         if teacher is not None:
-            soft = torch.softmax(t_logits / cfg.temperature, dim=1)
-            kl = nn.functional.kl_div(torch.log_softmax(logits / cfg.temperature, dim=1), soft,
-                                      reduction="batchmean") / math.prod(cfg.patch)
+            kl = distillation_kl(logits, t_logits, cfg.temperature, lw[lab.long()])
             loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl * cfg.temperature**2
         if cfg.sparsity > 0:
             loss = loss + cfg.sparsity * _bn_l1(model)
@@ -235,4 +246,4 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-__all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "marginal_ce", "train"]
+__all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "distillation_kl", "marginal_ce", "train"]

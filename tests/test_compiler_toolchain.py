@@ -15,7 +15,7 @@ from compiler.build import SMOKE, build, reexport  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
 from compiler.model.unet import SubpixelUpConv, make_unet, widen_input  # noqa: E402
-from compiler.train import allowed_mask, marginal_ce  # noqa: E402
+from compiler.train import allowed_mask, distillation_kl, marginal_ce  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,15 @@ def test_loss_weight_counts_a_voxel_as_many_times_as_it_says():
     weighted = marginal_ce(logits, allowed, torch.tensor([[1.0, 2.0]]))
     assert torch.allclose(weighted, marginal_ce(doubled, allowed_doubled))
 
+
+
+def test_distillation_weight_counts_a_voxel_as_many_times_as_it_says():
+    student, teacher = torch.randn(2, 9, 1, 1, 2), torch.randn(2, 9, 1, 1, 2)
+    twice = [torch.cat([t, t[..., 1:]], dim=-1) for t in (student, teacher)]  # the airway voxels twice
+    weighted = distillation_kl(student, teacher, 2.0, torch.tensor([1.0, 2.0]).expand(2, 1, 1, 2))
+    assert torch.allclose(weighted, distillation_kl(*twice, 2.0))
+    assert float(distillation_kl(teacher, teacher, 2.0)) < 1e-6
+    assert float(distillation_kl(student, teacher, 2.0)) > 0.0
 
 def test_manifest_lists_training_data_with_licences(smoke_bundle):
     raw = json.loads((smoke_bundle / "manifest.json").read_text())
