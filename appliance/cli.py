@@ -139,6 +139,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
               "to CT grid": t_back, "write": t_write, "total": time.perf_counter() - t0}
     print(f"backend {choice.backend.name} (skipped: "
           + (", ".join(f"{k}: {v}" for k, v in choice.skipped.items()) or "none") + ")")
+    if choice.precision is not None:
+        print(f"precision {choice.precision.describe()}")
     for name, secs in stages.items():
         print(f"{name:14s} {secs:8.3f} s")
     print(f"wrote {out} {labels.shape[::-1]} and {jpath}")
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "ct_chest")
     seg.add_argument("--backend", choices=["auto", "tensorrt", "ort-gpu", "cpu"], default="auto")
     seg.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
-                     help="CPU model: auto = what the bundle measured faster")
+                     help="CPU model: auto = whichever this CPU runs faster (timed once, cached next to the bundle)")
     seg.add_argument("--threads", type=int, default=2)
     seg.add_argument("--log-level", default="WARNING")
     seg.set_defaults(func=_cmd_segment)

@@ -76,7 +76,12 @@ def main(threads: int = 2) -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{mode:8s} {name:14s} {path.stat().st_size / 1e6:8.2f} {r['resample']:9.2f} {r['network']:8.2f} "
                   f"{r['to_ct']:7.2f} {r['total']:8.2f} {r['rss_mb']:8.0f}   read {r['read']:.1f} s", flush=True)
-    print(f"CT {r['shape'][::-1]}; bundle CPU precision: "
+    from appliance.inference.cpu_precision import choose_cpu_precision, cpu_fingerprint
+
+    print(f"this CPU ({cpu_fingerprint()}) runs, as the appliance's auto precision: "
+          + "; ".join(f"{m} {choose_cpu_precision(bundle, s, threads).describe().split('; ')[0]}"
+                      for m, s in bundle.manifest.modes.items()))
+    print(f"CT {r['shape'][::-1]}; the build machine's CPU chose: "
           + ", ".join(f"{m} {s.cpu_precision}" for m, s in bundle.manifest.modes.items())
           + "; targets: preview < 5 s, full < 60 s, peak < 2 GB, INT8 < 2 MB"
           + ("; * the teacher's file at its own mode's patch" if shipped_teacher else ""))

@@ -31,6 +31,7 @@ from appliance.inference.bundle import (
     load_bundle,
     write_manifest,
 )
+from appliance.inference.cpu_precision import measure
 from appliance.inference.grid import grid_of, lps_grid, resample
 from appliance.inference.normalise import HU_CLIP, HU_SCALE, X_COORD_SCALE_MM, network_input
 from appliance.inference.segment import segment_array
@@ -145,19 +146,6 @@ def _calibration(vols: list[LabelledVolume], patch, n: int, channels: tuple[str,
             x[:, : crop.shape[1], : crop.shape[2], : crop.shape[3]] = crop
             out[i] = x[None]
     return out
-
-
-def _ms_per_patch(path: Path, patch, channels: int, threads: int, repeats: int = 3) -> float:
-    """Median ms per patch of an ONNX model on ONNX Runtime CPU (to pick the default CPU precision)."""
-    backend = OrtBackend(path, ["CPUExecutionProvider"], threads, path.name)
-    x = np.zeros((1, channels, *patch), dtype=np.float32)
-    backend.run(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        backend.run(x)
-        times.append(time.perf_counter() - t)
-    return round(1000 * float(np.median(times)), 1)
 
 
 def load_data(budget: Budget, cache: Path, root: Path, seed: int = 0):
@@ -355,8 +343,7 @@ def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, wo
                                           patch, budget.calib_patches, channels))
         # a mode that ships the teacher is its own teacher row: no second export, no second evaluation
         t_onnx = fp32 if net is teacher else export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
-        ms = {which: _ms_per_patch(path, patch, net.in_channels, threads)
-              for which, path in (("int8", int8), ("fp32", fp32))}
+        ms = measure({"int8": int8, "fp32": fp32}, patch, net.in_channels, threads, decide_early=False)
         modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=0.25, fp32=fp32.name,
                                int8=int8.name, student=f"{'teacher' if net is teacher else 'pruned student'} widths {net.widths}",
                                cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,

@@ -10,8 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the model toolchain needs the `model` extra (torch)")
 
+from appliance.inference.backends import choose_backend  # noqa: E402
 from appliance.inference.bundle import load_bundle  # noqa: E402
 from compiler.build import SMOKE, build, reexport  # noqa: E402
+from compiler.labels.table import NUM_CLASSES  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
 from compiler.model.unet import SubpixelUpConv, make_unet, widen_input  # noqa: E402
@@ -154,6 +156,20 @@ def test_distillation_weight_counts_a_voxel_as_many_times_as_it_says():
     assert torch.allclose(weighted, distillation_kl(*twice, 2.0))
     assert float(distillation_kl(teacher, teacher, 2.0)) < 1e-6
     assert float(distillation_kl(student, teacher, 2.0)) > 0.0
+
+def test_auto_precision_times_both_files_on_this_cpu_runs_the_faster_and_caches_it(smoke_bundle, tmp_path):
+    bundle = load_bundle(smoke_bundle)
+    spec = bundle.mode("preview")
+    first = choose_backend(bundle, spec, preference="cpu", threads=1, precision_cache=tmp_path)
+    how = first.precision
+    assert how.source == "measured" and set(how.ms_per_patch) == {"int8", "fp32"}
+    assert min(how.ms_per_patch.values()) > 0 and how.precision == min(how.ms_per_patch, key=how.ms_per_patch.get)
+    assert first.backend.name == f"ort-cpu-{how.precision}"
+    x = np.zeros((1, len(bundle.manifest.normalisation.channels), *spec.patch), dtype=np.float32)
+    assert first.backend.run(x).shape[1] == NUM_CLASSES
+    again = choose_backend(bundle, spec, preference="cpu", threads=1, precision_cache=tmp_path)
+    assert (again.precision.source, again.precision.precision) == ("cached", how.precision)
+
 
 def test_manifest_lists_training_data_with_licences(smoke_bundle):
     raw = json.loads((smoke_bundle / "manifest.json").read_text())

@@ -3,12 +3,14 @@
 Order of preference: a native TensorRT engine (built from the bundle's INT8 ONNX on the target and
 cached next to the bundle, keyed by GPU name, TensorRT version and bundle digest), ONNX Runtime's
 TensorRT/CUDA execution providers (when `onnxruntime-gpu` is installed and a GPU answers), and ONNX
-Runtime on the CPU (INT8 or FP32, threads from the config) -- the first-class path, always available.
+Runtime on the CPU (INT8 or FP32, whichever this CPU runs faster; threads from the config) -- the
+first-class path, always available.
 Every probe that fails says why, in the log and in `BackendChoice.skipped`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from appliance.inference.bundle import ModelBundle, ModeSpec
+from appliance.inference.cpu_precision import PrecisionChoice, choose_cpu_precision, cpu_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class Backend(Protocol):
 class BackendChoice:
     backend: Backend
     skipped: dict[str, str] = field(default_factory=dict)  # backend name -> reason
+    precision: PrecisionChoice | None = None  # ONNX Runtime CPU: which file, and why
 
 
 class OrtBackend:
@@ -103,17 +107,15 @@ def _tensorrt_reason() -> str | None:
 
 
 def choose_backend(bundle: ModelBundle, spec: ModeSpec, *, preference: str = "auto", threads: int = 2,
-                   precision: str = "auto") -> BackendChoice:
+                   precision: str = "auto", precision_cache: Path | None = None) -> BackendChoice:
     """Probe in preference order and return the first backend that starts. `preference`: auto |
-    tensorrt | ort-gpu | cpu. `precision` for ONNX Runtime: int8, fp32, or auto = the bundle's measured
-    `cpu_precision` (small INT8 convs can be slower than FP32 on a CPU). TensorRT always gets the INT8 QDQ
-    model."""
+    tensorrt | ort-gpu | cpu. `precision`: int8, fp32, or auto. TensorRT always gets the INT8 QDQ model;
+    ONNX Runtime GPU gets INT8 where its TensorRT provider runs it, else FP32; on the CPU, auto is
+    whichever of the two this CPU runs faster (`cpu_precision`: measured once, cached in
+    `precision_cache`, default the bundle's engines/: small INT8 convs can be slower than FP32)."""
     skipped: dict[str, str] = {}
-    if precision == "auto":
-        precision = spec.cpu_precision
     if precision == "int8" and not spec.int8:
         precision = "fp32"
-    model = spec.int8 if precision == "int8" else spec.fp32
     order = {"auto": ["tensorrt", "ort-gpu", "ort-cpu"], "tensorrt": ["tensorrt", "ort-cpu"],
              "ort-gpu": ["ort-gpu", "ort-cpu"], "cpu": ["ort-cpu"]}.get(preference)
     if order is None:
@@ -136,13 +138,23 @@ def choose_backend(bundle: ModelBundle, spec: ModeSpec, *, preference: str = "au
 
                 avail = ort.get_available_providers()
                 providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in avail]
+                gpu_precision = precision
+                if gpu_precision == "auto":
+                    gpu_precision = "int8" if spec.int8 and "TensorrtExecutionProvider" in avail else "fp32"
+                model = spec.int8 if gpu_precision == "int8" else spec.fp32
                 return BackendChoice(OrtBackend(bundle.path(model), providers + ["CPUExecutionProvider"],
                                                 threads, "ort-gpu"), skipped)
             skipped[name] = reason
         else:
-            backend = OrtBackend(bundle.path(model), ["CPUExecutionProvider"], threads, f"ort-cpu-{precision}")
+            if precision == "auto":
+                how = choose_cpu_precision(bundle, spec, threads, cache_dir=precision_cache)
+            else:
+                how = PrecisionChoice(precision, {}, "requested", cpu_fingerprint())  # type: ignore[arg-type]
+            model = spec.int8 if how.precision == "int8" else spec.fp32
+            backend = OrtBackend(bundle.path(model), ["CPUExecutionProvider"], threads, f"ort-cpu-{how.precision}")
             for other, why in skipped.items():
                 log.info("event=inference_backend_skipped backend=%s reason=%r", other, why)
-            log.info("event=inference_backend backend=%s model=%s threads=%d", backend.name, model, threads)
-            return BackendChoice(backend, skipped)
+            log.info("event=inference_backend backend=%s model=%s threads=%d precision_source=%s ms_per_patch=%s "
+                     "cpu=%r", backend.name, model, threads, how.source, json.dumps(how.ms_per_patch), how.cpu)
+            return BackendChoice(backend, skipped, how)
     raise RuntimeError(f"no inference backend available: {skipped}")

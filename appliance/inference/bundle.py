@@ -62,7 +62,8 @@ class ModeSpec(BaseModel):
     fp32: str
     int8: str | None = None
     student: str = ""
-    # which file the ONNX Runtime CPU backend runs by default: the build times both on a patch
+    # which file ran faster on the build machine's CPU (a record: the appliance times both on its own
+    # CPU, appliance.inference.cpu_precision, since the answer depends on the processor)
     cpu_precision: Literal["int8", "fp32"] = "int8"
     cpu_ms_per_patch: dict[str, float] = {}
     # labels that are one connected structure at this grid: inference keeps only their largest component

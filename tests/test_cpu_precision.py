@@ -1,0 +1,110 @@
+"""appliance.inference.cpu_precision: the INT8-or-FP32 choice is made on the CPU that runs the model,
+cached per CPU, runtime, thread count and model pair, and never trusted from a torn cache file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.inference.bundle import load_bundle
+from appliance.inference.cpu_precision import choose_cpu_precision, cpu_fingerprint, measure
+
+BUNDLE = Path(__file__).resolve().parent.parent / "models" / "ct_chest"
+
+ZEN2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 49
+model name\t: AMD EPYC
+cpu MHz\t\t: 2245.780
+flags\t\t: fpu sse2 avx fma avx2 bmi2
+processor\t: 1
+model name\t: AMD EPYC
+"""
+GENOA = ZEN2.replace("cpu family\t: 23", "cpu family\t: 25").replace("model\t\t: 49", "model\t\t: 17").replace(
+    "avx2 bmi2", "avx2 avx512f avx512bw avx512_vnni avx512_bf16")
+ORIN = """processor\t: 0
+BogoMIPS\t: 62.50
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimdrdm lrcpc dcpop asimddp
+CPU implementer\t: 0x41
+CPU part\t: 0xd42
+"""
+
+
+class FakeTimer:
+    """Stands in for ONNX Runtime: ms per run for each file, and a record of what was timed."""
+
+    def __init__(self, ms: dict[str, float]) -> None:
+        self.ms = ms
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, path: Path, patch, channels: int, threads: int, runs: int = 2) -> list[float]:
+        which = "int8" if ".int8." in path.name else "fp32"
+        self.calls.append((which, runs))
+        return [self.ms[which] * 1.3] + [self.ms[which]] * runs
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("measured again although the cache holds the answer")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(BUNDLE, verify=False)
+
+
+@pytest.mark.parametrize(("ms", "faster"), [({"int8": 1249.0, "fp32": 1305.0}, "int8"),
+                                             ({"int8": 1427.0, "fp32": 1271.0}, "fp32")])
+def test_the_file_this_cpu_runs_faster_is_chosen_and_then_read_from_the_cache(bundle, tmp_path, ms, faster):
+    spec = bundle.mode("full")
+    first = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", timer=FakeTimer(ms))
+    assert (first.precision, first.source, first.ms_per_patch) == (faster, "measured", ms)
+    again = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", timer=_refuse)
+    assert (again.precision, again.source, again.ms_per_patch) == (faster, "cached", ms)
+
+
+def test_another_cpu_or_thread_count_measures_again(bundle, tmp_path):
+    spec = bundle.mode("full")
+    choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", timer=FakeTimer({"int8": 1, "fp32": 2}))
+    other_cpu = FakeTimer({"int8": 3, "fp32": 2})
+    assert choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu B", timer=other_cpu).precision == "fp32"
+    one_thread = FakeTimer({"int8": 3, "fp32": 2})
+    assert choose_cpu_precision(bundle, spec, 1, cache_dir=tmp_path, cpu="cpu A", timer=one_thread).source == "measured"
+    assert other_cpu.calls and one_thread.calls
+    assert len(list(tmp_path.glob("cpu-precision-full.fp32-*.json"))) == 3
+
+
+def test_a_torn_cache_file_is_measured_again_not_trusted(bundle, tmp_path):
+    spec = bundle.mode("full")
+    choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="c", timer=FakeTimer({"int8": 1, "fp32": 2}))
+    (cached,) = tmp_path.glob("cpu-precision-*.json")
+    cached.write_text('{"precision": "int8", "ms_per')
+    timer = FakeTimer({"int8": 3, "fp32": 2})
+    choice = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="c", timer=timer)
+    assert (choice.precision, choice.source) == ("fp32", "measured") and timer.calls
+
+
+def test_a_cache_that_cannot_be_written_still_gives_a_choice(bundle, tmp_path):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    choice = choose_cpu_precision(bundle, bundle.mode("full"), 2, cache_dir=blocked / "engines", cpu="c",
+                                  timer=FakeTimer({"int8": 1, "fp32": 2}))
+    assert (choice.precision, choice.source) == ("int8", "measured")
+
+
+def test_a_warm_up_far_slower_decides_without_timed_runs():
+    timer = FakeTimer({"int8": 4500.0, "fp32": 1400.0})  # the preview student on a 2-core CPU
+    ms = measure({"int8": Path("p.int8.onnx"), "fp32": Path("p.fp32.onnx")}, (8, 8, 8), 3, 2, timer)
+    assert min(ms, key=ms.get) == "fp32" and all(runs == 0 for _, runs in timer.calls)
+    close = FakeTimer({"int8": 1249.0, "fp32": 1305.0})
+    ms = measure({"int8": Path("f.int8.onnx"), "fp32": Path("f.fp32.onnx")}, (8, 8, 8), 3, 2, close)
+    assert ms == {"int8": 1249.0, "fp32": 1305.0} and ("int8", 2) in close.calls
+
+
+def test_cpu_fingerprint_names_the_processor_and_its_int8_relevant_instruction_sets_only():
+    assert cpu_fingerprint(ZEN2).endswith("AMD EPYC 23/49 [avx2 fma]")
+    genoa = cpu_fingerprint(GENOA)
+    assert genoa.endswith("AMD EPYC 25/17 [avx2 fma avx512f avx512bw avx512_vnni avx512_bf16]")
+    assert "MHz" not in genoa and genoa != cpu_fingerprint(ZEN2)
+    assert cpu_fingerprint(ORIN).endswith("0x41/0xd42 [asimddp]")
