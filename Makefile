@@ -54,7 +54,8 @@ bench: system-deps $(VENV)/.stamp-bench
 	$(PY) -m bench
 
 # Rebuild the committed model bundle from scratch: labels, teacher, distilled + pruned student, INT8,
-# evaluation (about 80 min on 2 AVX512-BF16 cores; much longer where bf16 is not native).
+# evaluation (about 80 min on 2 AVX512-BF16 cores; where bf16 is not native it trains in FP32: a teacher
+# step took 3.6 s on a 2-core AVX2 Zen 2, so about 3 h in all there).
 model: $(VENV)/.stamp-test
 	$(PY) -m compiler.build --out models/ct_chest --work build/model --threads $$(nproc)
 

@@ -31,7 +31,7 @@ from appliance.inference.bundle import (
     load_bundle,
     write_manifest,
 )
-from appliance.inference.cpu_precision import measure
+from appliance.inference.cpu_precision import cpu_fingerprint, measure
 from appliance.inference.grid import grid_of, lps_grid, resample
 from appliance.inference.normalise import HU_CLIP, HU_SCALE, X_COORD_SCALE_MM, network_input
 from appliance.inference.segment import segment_array
@@ -232,6 +232,7 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
     manifest.provenance["evaluation_rerun"] = {
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "why": "inference changed after the networks were built (compiler.build --reevaluate)",
+        "cpu": cpu_fingerprint(),  # the evaluation's seconds were measured here
         **({"notes": notes} if notes else {})}
     write_manifest(bundle_dir, manifest)
     load_bundle(bundle_dir)
@@ -319,7 +320,7 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
                         labels="exact")],
         evaluation=evaluation,
         provenance={"toolchain": "compiler.build", "torch": torch.__version__, "budget": budget.__dict__ | {},
-                    "training": report, "seconds": round(time.monotonic() - t_start, 1),
+                    "training": report, "seconds": round(time.monotonic() - t_start, 1), "cpu": cpu_fingerprint(),
                     "note": GRAPH_NOTE},
     )
     _publish(tmp, out, manifest)

@@ -20,6 +20,7 @@ from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
     airway_is_air,
     confine_experimental,
+    drop_bone_without_cortex,
     drop_implausible_airway,
     fill_airway_lumen,
     fill_bone_marrow,
@@ -138,12 +139,41 @@ def test_an_experimental_organ_never_takes_a_voxel_the_validated_classes_call_bo
     probs = np.zeros((9, 1, 1, 4), dtype=np.float32)
     probs[7, 0, 0, :] = 0.5  # aorta wins the argmax everywhere
     probs[1, 0, 0, 0] = 0.3  # validated runner-up: body -> the aorta stands
-    probs[2, 0, 0, 1] = 0.3  # bone (a vertebral body) -> bone
     probs[3, 0, 0, 2] = 0.3  # left lung -> lung
     probs[1, 0, 0, 3], probs[8, 0, 0, 3], probs[0, 0, 0, 3] = 0.1, 0.6, 0.3  # liver, then air, then body
+    probs[1, 0, 0, 1] = 0.3
     labels = np.argmax(probs, axis=0).astype(np.uint8)
-    out = confine_experimental(labels, probs, [1, 2, 3, 4, 5], [6, 7, 8], host=1)
-    assert out.ravel().tolist() == [7, 2, 3, 8]  # never a hole of background inside the patient
+    out = confine_experimental(labels, probs, [1, 2, 3, 4, 5], [6, 7, 8], host=1, bone=2)
+    assert out.ravel().tolist() == [7, 7, 3, 8]  # never a hole of background inside the patient
+
+
+def test_organ_voxels_that_look_like_bone_are_marrow_where_bone_surrounds_them_and_a_lumen_elsewhere():
+    labels = np.ones((1, 20, 40), dtype=np.uint8)
+    labels[0, 3:12, 3:12] = 2  # a vertebral body's cortex ...
+    labels[0, 5:10, 5:10] = 7  # ... whose marrow the network called aorta
+    labels[0, 3:12, 16:20] = 2  # an open cortex: bone on one side only (7 of the 20 voxels around)
+    labels[0, 5:10, 20:23] = 7
+    labels[0, 5:10, 30:37] = 6  # a contrast-filled heart chamber, no bone around it
+    probs = 0.6 * (np.arange(9).reshape(9, 1, 1, 1) == labels[None]).astype(np.float32)  # the argmax
+    probs[2][np.isin(labels, (6, 7))] = 0.3  # bone is the best validated class in both
+    probs[1][np.isin(labels, (6, 7))] = 0.1
+    out = confine_experimental(labels.copy(), probs, [1, 2, 3, 4, 5], [6, 7, 8], host=1, bone=2)
+    assert (out[0, 5:10, 5:10] == 2).all() and (out[0, 5:10, 20:23] == 2).all()
+    assert (out[0, 5:10, 30:37] == 6).all()
+
+
+def test_a_bone_island_without_cortex_or_of_even_density_takes_its_surroundings_label():
+    labels = np.ones((12, 40, 60), dtype=np.uint8)
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)
+    labels[2:10, 4:14, 4:14], hu[2:10, 4:14, 4:14] = 2, 900.0  # a vertebra: cortex ...
+    hu[2:10, 6:12, 6:12] = 200.0  # ... around marrow
+    labels[2:10, 4:14, 24:34], hu[2:10, 4:14, 24:34] = 2, 420.0  # 2.7 ml of oral contrast, even
+    labels[2:10, 20:30, 44:54], hu[2:10, 20:30, 44:54] = 2, 330.0  # no cortex at all
+    hu[2:10, 20:30, 44:54] += np.linspace(0, 100, 10)
+    labels[5:7, 30:33, 10:13], hu[5:7, 30:33, 10:13] = 2, 420.0  # 0.06 ml: too small to judge
+    out = drop_bone_without_cortex(labels.copy(), hu, bone=2, spacing=(1.5, 1.5, 1.5))
+    assert (out[2:10, 4:14, 4:14] == 2).all() and (out[5:7, 30:33, 10:13] == 2).all()
+    assert (out[2:10, 4:14, 24:34] == 1).all() and (out[2:10, 20:30, 44:54] == 1).all()
 
 
 def test_airway_the_network_painted_on_soft_tissue_becomes_body_and_its_air_stays_airway():

@@ -1,7 +1,7 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
 sliding window, argmax, post-processing (experimental organs confined to soft tissue, one component of
-single-structure organs, an airway of air above the lungs with its lumen, bone marrow); the result lives
-on the model grid with its affine (`SegmentationResult`)."""
+single-structure organs, an airway of air above the lungs with its lumen, bone marrow, no bone without
+cortex); the result lives on the model grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
     airway_is_air,
     confine_experimental,
+    drop_bone_without_cortex,
     drop_implausible_airway,
     fill_airway_lumen,
     fill_bone_marrow,
@@ -112,7 +113,7 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     dropped before the airway's island is chosen, the lumen filled from the chosen airway."""
     value = {lab.name: lab.value for lab in table}
     confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
-                         [lab.value for lab in table if lab.experimental], value["body"])
+                         [lab.value for lab in table if lab.experimental], value["body"], bone=value["bone"])
     airway_is_air(labels, hu, value["airway"], value["body"])
     single_values = {name: value[name] for name in single if name in value}
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k != "airway"})
@@ -120,3 +121,4 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
     fill_airway_lumen(labels, enclosed, value["airway"])
     fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
+    drop_bone_without_cortex(labels, hu, value["bone"], spacing)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from appliance.inference.postprocess import MARROW_MAX_AREA_MM2, fill_small_holes
+from appliance.inference.postprocess import MARROW_MAX_AREA_MM2, bone_like, fill_small_holes
 from compiler.labels.table import VALUE
 
 log = logging.getLogger(__name__)
@@ -269,14 +269,8 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     lab, n = ndimage.label(filled)
     if n == 0:
         return filled
-    idx = np.arange(1, n + 1)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    p95 = ndimage.labeled_comprehension(hu, lab, idx, lambda v: np.percentile(v, 95), np.float32, 0)
-    med = ndimage.median(hu, lab, idx)
-    vox_ml = np.prod(spacing) / 1000.0
-    cortex = p95 >= 450
-    heterogeneous = ((p95 - np.asarray(med)) >= 150) | (p95 >= 800)
-    keep = np.concatenate([[False], (sizes * vox_ml >= 0.1) & cortex & heterogeneous])
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = bone_like(hu, lab, n) & (sizes * (np.prod(spacing) / 1000.0) >= 0.1)
     return keep[lab]
 
 
