@@ -79,7 +79,7 @@ def main(threads: int = 2) -> None:
     from appliance.inference.cpu_precision import choose_cpu_precision, cpu_fingerprint
 
     print(f"this CPU ({cpu_fingerprint()}) runs, as the appliance's auto precision: "
-          + "; ".join(f"{m} {choose_cpu_precision(bundle, s, threads).describe().split('; ')[0]}"
+          + "; ".join(f"{m} {choose_cpu_precision(bundle, s, threads).describe(cpu=False)}"
                       for m, s in bundle.manifest.modes.items()))
     print(f"CT {r['shape'][::-1]}; the build machine's CPU chose: "
           + ", ".join(f"{m} {s.cpu_precision}" for m, s in bundle.manifest.modes.items())

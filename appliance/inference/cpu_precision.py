@@ -44,9 +44,10 @@ class PrecisionChoice:
     source: Literal["measured", "cached", "requested", "only fp32"]
     cpu: str
 
-    def describe(self) -> str:
+    def describe(self, *, cpu: bool = True) -> str:
         times = ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(self.ms_per_patch.items()))
-        return f"{self.precision} ({self.source}{': ' + times + ' per patch' if times else ''}; {self.cpu})"
+        return (f"{self.precision} ({self.source}{': ' + times + ' per patch' if times else ''}"
+                f"{'; ' + self.cpu if cpu else ''})")
 
 
 def cpu_fingerprint(cpuinfo: str | None = None) -> str:
