@@ -148,7 +148,6 @@ def test_loss_weight_counts_a_voxel_as_many_times_as_it_says():
     assert torch.allclose(weighted, marginal_ce(doubled, allowed_doubled))
 
 
-
 def test_distillation_weight_counts_a_voxel_as_many_times_as_it_says():
     student, teacher = torch.randn(2, 9, 1, 1, 2), torch.randn(2, 9, 1, 1, 2)
     twice = [torch.cat([t, t[..., 1:]], dim=-1) for t in (student, teacher)]  # the airway voxels twice
@@ -156,6 +155,7 @@ def test_distillation_weight_counts_a_voxel_as_many_times_as_it_says():
     assert torch.allclose(weighted, distillation_kl(*twice, 2.0))
     assert float(distillation_kl(teacher, teacher, 2.0)) < 1e-6
     assert float(distillation_kl(student, teacher, 2.0)) > 0.0
+
 
 def test_auto_precision_times_both_files_on_this_cpu_runs_the_faster_and_caches_it(smoke_bundle, tmp_path):
     bundle = load_bundle(smoke_bundle)

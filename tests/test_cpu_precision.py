@@ -32,17 +32,24 @@ CPU part\t: 0xd42
 """
 
 
-class FakeTimer:
-    """Stands in for ONNX Runtime: ms per run for each file, and a record of what was timed."""
+class FakeRunner:
+    """Stands in for ONNX Runtime: each file's session takes 1.3x its ms on the first run (the warm-up),
+    then its ms; `calls` records the order of the runs."""
 
     def __init__(self, ms: dict[str, float]) -> None:
         self.ms = ms
-        self.calls: list[tuple[str, int]] = []
+        self.calls: list[str] = []
 
-    def __call__(self, path: Path, patch, channels: int, threads: int, runs: int = 2) -> list[float]:
+    def __call__(self, path: Path, patch, channels: int, threads: int):
         which = "int8" if ".int8." in path.name else "fp32"
-        self.calls.append((which, runs))
-        return [self.ms[which] * 1.3] + [self.ms[which]] * runs
+        first = [True]
+
+        def run_once() -> float:
+            self.calls.append(which)
+            factor, first[0] = (1.3 if first[0] else 1.0), False
+            return self.ms[which] * factor
+
+        return run_once
 
 
 def _refuse(*args, **kwargs):
@@ -58,48 +65,52 @@ def bundle():
                                              ({"int8": 1427.0, "fp32": 1271.0}, "fp32")])
 def test_the_file_this_cpu_runs_faster_is_chosen_and_then_read_from_the_cache(bundle, tmp_path, ms, faster):
     spec = bundle.mode("full")
-    first = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", timer=FakeTimer(ms))
+    first = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", runner=FakeRunner(ms))
     assert (first.precision, first.source, first.ms_per_patch) == (faster, "measured", ms)
-    again = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", timer=_refuse)
+    again = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", runner=_refuse)
     assert (again.precision, again.source, again.ms_per_patch) == (faster, "cached", ms)
 
 
 def test_another_cpu_or_thread_count_measures_again(bundle, tmp_path):
     spec = bundle.mode("full")
-    choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", timer=FakeTimer({"int8": 1, "fp32": 2}))
-    other_cpu = FakeTimer({"int8": 3, "fp32": 2})
-    assert choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu B", timer=other_cpu).precision == "fp32"
-    one_thread = FakeTimer({"int8": 3, "fp32": 2})
-    assert choose_cpu_precision(bundle, spec, 1, cache_dir=tmp_path, cpu="cpu A", timer=one_thread).source == "measured"
+    choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu A", runner=FakeRunner({"int8": 1, "fp32": 2}))
+    other_cpu = FakeRunner({"int8": 3, "fp32": 2})
+    assert choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="cpu B", runner=other_cpu).precision == "fp32"
+    one_thread = FakeRunner({"int8": 3, "fp32": 2})
+    assert choose_cpu_precision(bundle, spec, 1, cache_dir=tmp_path, cpu="cpu A", runner=one_thread).source == "measured"
     assert other_cpu.calls and one_thread.calls
     assert len(list(tmp_path.glob("cpu-precision-full.fp32-*.json"))) == 3
 
 
 def test_a_torn_cache_file_is_measured_again_not_trusted(bundle, tmp_path):
     spec = bundle.mode("full")
-    choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="c", timer=FakeTimer({"int8": 1, "fp32": 2}))
+    choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="c", runner=FakeRunner({"int8": 1, "fp32": 2}))
     (cached,) = tmp_path.glob("cpu-precision-*.json")
     cached.write_text('{"precision": "int8", "ms_per')
-    timer = FakeTimer({"int8": 3, "fp32": 2})
-    choice = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="c", timer=timer)
-    assert (choice.precision, choice.source) == ("fp32", "measured") and timer.calls
+    runner = FakeRunner({"int8": 3, "fp32": 2})
+    choice = choose_cpu_precision(bundle, spec, 2, cache_dir=tmp_path, cpu="c", runner=runner)
+    assert (choice.precision, choice.source) == ("fp32", "measured") and runner.calls
 
 
 def test_a_cache_that_cannot_be_written_still_gives_a_choice(bundle, tmp_path):
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("")
     choice = choose_cpu_precision(bundle, bundle.mode("full"), 2, cache_dir=blocked / "engines", cpu="c",
-                                  timer=FakeTimer({"int8": 1, "fp32": 2}))
+                                  runner=FakeRunner({"int8": 1, "fp32": 2}))
     assert (choice.precision, choice.source) == ("int8", "measured")
 
 
 def test_a_warm_up_far_slower_decides_without_timed_runs():
-    timer = FakeTimer({"int8": 4500.0, "fp32": 1400.0})  # the preview student on a 2-core CPU
-    ms = measure({"int8": Path("p.int8.onnx"), "fp32": Path("p.fp32.onnx")}, (8, 8, 8), 3, 2, timer)
-    assert min(ms, key=ms.get) == "fp32" and all(runs == 0 for _, runs in timer.calls)
-    close = FakeTimer({"int8": 1249.0, "fp32": 1305.0})
-    ms = measure({"int8": Path("f.int8.onnx"), "fp32": Path("f.fp32.onnx")}, (8, 8, 8), 3, 2, close)
-    assert ms == {"int8": 1249.0, "fp32": 1305.0} and ("int8", 2) in close.calls
+    runner = FakeRunner({"int8": 4500.0, "fp32": 1400.0})  # the preview student on a 2-core CPU
+    ms = measure({"int8": Path("p.int8.onnx"), "fp32": Path("p.fp32.onnx")}, (8, 8, 8), 3, 2, runner)
+    assert min(ms, key=ms.get) == "fp32" and runner.calls == ["int8", "fp32"]
+
+
+def test_close_files_are_timed_in_turn_after_their_warm_ups():
+    runner = FakeRunner({"int8": 1249.0, "fp32": 1305.0})
+    ms = measure({"int8": Path("f.int8.onnx"), "fp32": Path("f.fp32.onnx")}, (8, 8, 8), 3, 2, runner)
+    assert ms == {"int8": 1249.0, "fp32": 1305.0}
+    assert runner.calls == ["int8", "fp32"] * 3  # alternating: a drifting machine slows both alike
 
 
 def test_cpu_fingerprint_names_the_processor_and_its_int8_relevant_instruction_sets_only():

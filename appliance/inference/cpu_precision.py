@@ -4,9 +4,9 @@ The bundle records what the build machine measured, but the answer depends on th
 full-mode teacher patch took 1249 ms INT8 / 1305 ms FP32 on the AVX-512 VNNI build machine and
 1427 ms INT8 / 1271 ms FP32 on an AVX2-only Zen 2 (no VNNI), and the preview student is 3x slower in
 INT8 on both. So, like a TensorRT engine, the choice is made on the target: both files are timed once
-on a real patch and the answer is cached next to the bundle, keyed by the CPU (model name and the
-instruction-set flags that decide INT8 speed), the ONNX Runtime version, the thread count and the
-model files' hashes. Any of those changing measures again.
+on a patch of the mode's size and the answer is cached next to the bundle, keyed by the CPU (model
+name, family/model or part, and the instruction-set flags that decide INT8 speed), the ONNX Runtime
+version, the thread count and the model files' hashes. Any of those changing measures again.
 """
 
 from __future__ import annotations
@@ -72,30 +72,38 @@ def cpu_fingerprint(cpuinfo: str | None = None) -> str:
     return f"{platform.machine()} {name}{' ' + ids if ids else ''} [{' '.join(have)}]"
 
 
-def time_model(path: Path, patch: tuple[int, int, int], channels: int, threads: int,
-               runs: int = 2) -> list[float]:
-    """ms of `runs + 1` inferences of a zero patch on ONNX Runtime CPU (the first is the warm-up)."""
+def patch_runner(path: Path, patch: tuple[int, int, int], channels: int, threads: int) -> Callable[[], float]:
+    """An ONNX Runtime CPU session on `path` and a function that runs it once on a zero patch and returns
+    the milliseconds it took (zeros time like real CT: no denormal slow-down, measured)."""
     from appliance.inference.backends import OrtBackend
 
     backend = OrtBackend(path, ["CPUExecutionProvider"], threads, path.name)
     x = np.zeros((1, channels, *patch), dtype=np.float32)
-    times = []
-    for _ in range(runs + 1):
+
+    def run_once() -> float:
         t = time.perf_counter()
         backend.run(x)
-        times.append(1000 * (time.perf_counter() - t))
-    return times
+        return 1000 * (time.perf_counter() - t)
+
+    return run_once
 
 
 def measure(paths: dict[str, Path], patch: tuple[int, int, int], channels: int, threads: int,
-            timer: Callable[..., list[float]] = time_model, *, decide_early: bool = True) -> dict[str, float]:
-    """Best ms per patch of each file: one warm-up each, then two timed runs each, unless `decide_early`
-    and a warm-up already shows one file `CLEAR_RATIO` times slower (the preview student's INT8: 4.5 s
-    vs 1.4 s), when the warm-ups are the answer."""
-    warm = {k: timer(p, patch, channels, threads, runs=0)[0] for k, p in paths.items()}
+            runner: Callable[..., Callable[[], float]] = patch_runner, *, decide_early: bool = True,
+            rounds: int = 2) -> dict[str, float]:
+    """Best ms per patch of each file: one warm-up each, then `rounds` timed runs each, taken in turn so
+    that a machine whose speed drifts (a shared host: 1.7x within half an hour, measured) slows both
+    alike; unless `decide_early` and a warm-up already shows one file `CLEAR_RATIO` times slower (the
+    preview student's INT8: 4.5 s vs 1.4 s), when the warm-ups are the answer."""
+    runs = {k: runner(p, patch, channels, threads) for k, p in paths.items()}
+    warm = {k: run() for k, run in runs.items()}
     if decide_early and max(warm.values()) >= CLEAR_RATIO * min(warm.values()):
         return {k: round(v, 1) for k, v in warm.items()}
-    return {k: round(min(timer(p, patch, channels, threads, runs=2)[1:]), 1) for k, p in paths.items()}
+    best = {k: float("inf") for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            best[k] = min(best[k], run())
+    return {k: round(v, 1) for k, v in best.items()}
 
 
 def _cache_key(bundle: ModelBundle, spec: ModeSpec, threads: int, cpu: str) -> str:
@@ -108,7 +116,7 @@ def _cache_key(bundle: ModelBundle, spec: ModeSpec, threads: int, cpu: str) -> s
 
 def choose_cpu_precision(bundle: ModelBundle, spec: ModeSpec, threads: int, *, cache_dir: Path | None = None,
                          cpu: str | None = None,
-                         timer: Callable[..., list[float]] = time_model) -> PrecisionChoice:
+                         runner: Callable[..., Callable[[], float]] = patch_runner) -> PrecisionChoice:
     """The faster precision of `spec` on this CPU: from the cache if this CPU, runtime, thread count and
     model pair were measured before, else measured now (seconds, once) and cached. A cache that cannot
     be written (read-only bundle) only costs the measurement again next time."""
@@ -124,7 +132,7 @@ def choose_cpu_precision(bundle: ModelBundle, spec: ModeSpec, threads: int, *, c
     except (OSError, ValueError):
         pass  # not measured yet, or a torn or foreign file: measure again
     ms = measure({"int8": bundle.path(spec.int8), "fp32": bundle.path(spec.fp32)}, tuple(spec.patch),
-                 len(bundle.manifest.normalisation.channels), threads, timer)
+                 len(bundle.manifest.normalisation.channels), threads, runner)
     choice = PrecisionChoice(min(ms, key=ms.get), ms, "measured", cpu)
     record = asdict(choice) | {"threads": threads, "patch": list(spec.patch), "fp32": spec.fp32, "int8": spec.int8,
                                "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -138,4 +146,4 @@ def choose_cpu_precision(bundle: ModelBundle, spec: ModeSpec, threads: int, *, c
     return choice
 
 
-__all__ = ["PrecisionChoice", "choose_cpu_precision", "cpu_fingerprint", "measure", "time_model"]
+__all__ = ["PrecisionChoice", "choose_cpu_precision", "cpu_fingerprint", "measure", "patch_runner"]
