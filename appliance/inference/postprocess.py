@@ -109,9 +109,9 @@ def _surrounded(islands: np.ndarray, by: np.ndarray, fraction: float) -> np.ndar
     """The islands (26-connected components of `islands`) of which at least `fraction` of the voxels
     touching them from outside are in `by`."""
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(islands))
-    comp, _ = ndimage.label(islands[box], structure=_FULLY_CONNECTED)
+    comp, n = ndimage.label(islands[box], structure=_FULLY_CONNECTED)
     out = np.zeros(islands.shape, dtype=bool)
-    for grown, island, ring in _islands_and_rings(comp, range(1, comp.max() + 1)):
+    for grown, island, ring in _islands_and_rings(comp, range(1, n + 1)):
         if ring.any() and by[box][grown][ring].mean() >= fraction:
             out[box][grown][island] = True
     return out
@@ -246,8 +246,7 @@ def drop_bone_without_cortex(labels: np.ndarray, hu: np.ndarray, bone: int, spac
     comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
     big = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0 >= min_ml
     big[0] = False
-    judged = np.where(big[comp], comp, 0)
-    drop = np.flatnonzero(big & ~bone_like(hu[box], judged, n))
+    drop = np.flatnonzero(big & ~bone_like(hu[box], comp, n))
     _relabel_islands(labels[box], comp, drop.tolist(), bone)
     return labels
 
