@@ -54,8 +54,9 @@ bench: system-deps $(VENV)/.stamp-bench
 	$(PY) -m bench
 
 # Rebuild the committed model bundle from scratch: labels, teacher, distilled + pruned student, INT8,
-# evaluation (about 80 min on 2 AVX512-BF16 cores; where bf16 is not native it trains in FP32: a teacher
-# step took 3.6 s on a 2-core AVX2 Zen 2, so about 3 h in all there).
+# evaluation (about 80 min on 2 AVX512-BF16 cores before training's up-convs became transposed convs; where
+# bf16 is not native it trains in FP32: on a 2-core AVX2 Zen 2 a teacher step took 6.9 s with the old
+# up-convs and 4.8 s with the new, side by side in one run, so about 2 h in all there instead of 3 h).
 model: $(VENV)/.stamp-test
 	$(PY) -m compiler.build --out models/ct_chest --work build/model --threads $$(nproc)
 

@@ -62,10 +62,11 @@ def bf16_supported() -> bool:
         return False
 
 
-def _labelled_ce(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    ce = nn.functional.cross_entropy(logits, lab.long(), reduction="none")
+def labelled_nll(logp: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Plain cross-entropy to the given label from log-probabilities, over voxels that know anything."""
+    nll = -logp.gather(1, lab.long().unsqueeze(1)).squeeze(1)
     w = (known != 0).float()
-    return (ce * w).sum() / w.sum().clamp(min=1)
+    return (nll * w).sum() / w.sum().clamp(min=1)
 
 
 def sample_patch(vol: LabelledVolume, patch: tuple[int, int, int], rng: np.random.Generator, fg_fraction: float,
@@ -123,24 +124,29 @@ def augment(hu, lab, known, coord, enclosed, rng: np.random.Generator):
             np.ascontiguousarray(coord, dtype=np.float32), np.ascontiguousarray(enclosed, dtype=np.float32))
 
 
-def allowed_mask(lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def class_masks(lab: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is the voxel's label, is known) per class: (N, C, ...) bool each, computed once per batch for
+    every term of the loss (int32 bit tests, not int64: this runs over every voxel of every class)."""
+    cls = torch.arange(NUM_CLASSES, dtype=torch.int32).reshape(1, -1, *([1] * (lab.dim() - 1)))
+    return lab.unsqueeze(1).int() == cls, (known.unsqueeze(1).int() >> cls) & 1 == 1
+
+
+def allowed_mask(lab: torch.Tensor, known: torch.Tensor,
+                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(N, C, ...) bool: classes each voxel's target admits (module docstring)."""
-    bits = (1 << torch.arange(NUM_CLASSES)).reshape(1, -1, *([1] * (lab.dim() - 1)))
-    kb = known.unsqueeze(1).long()
+    is_label, is_known = masks if masks is not None else class_masks(lab, known)
     cls = torch.arange(NUM_CLASSES).reshape(1, -1, *([1] * (lab.dim() - 1)))
-    is_label = lab.unsqueeze(1).long() == cls
-    unknown = (kb & bits) == 0
-    lab1 = lab.unsqueeze(1).long()
+    lab1 = lab.unsqueeze(1)
     # rules label an organ they cannot see as body, and an unseen bronchus as lung: only those may hide it
     body = lab1 == VALUE["body"]
     lung = (lab1 == VALUE["lung_left"]) | (lab1 == VALUE["lung_right"])
     hideable = (body & (cls > 1)) | (lung & (cls == VALUE["airway"]))
-    return is_label | (unknown & hideable) | (kb == 0)
+    return is_label | (~is_known & hideable) | (known.unsqueeze(1) == 0)
 
 
-def marginal_ce(logits: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of -log P(allowed) over the informative voxels, each counted `weight` times (default 1)."""
-    logp = torch.log_softmax(logits, dim=1)
+def marginal_ce(logp: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of -log P(allowed) over the informative voxels, each counted `weight` times (default 1);
+    `logp` are log-probabilities (log_softmax over the classes)."""
     lse = torch.logsumexp(logp.masked_fill(~allowed, -1e4), dim=1)
     w = (~allowed).any(dim=1).float()
     if weight is not None:
@@ -161,18 +167,25 @@ def distillation_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return (kl * weight).sum() / weight.sum().clamp(min=1)
 
 
-def soft_dice(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Mean soft Dice loss over foreground classes, counted only where the class is known."""
-    prob = torch.softmax(logits, dim=1)
-    bits = (1 << torch.arange(NUM_CLASSES)).reshape(1, -1, 1, 1, 1)
-    kmask = ((known.unsqueeze(1).long() & bits) != 0).float()
-    onehot = nn.functional.one_hot(lab.long(), NUM_CLASSES).permute(0, 4, 1, 2, 3).float()
-    dims = (0, 2, 3, 4)
+def soft_dice(prob: torch.Tensor, is_label: torch.Tensor, is_known: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice loss over foreground classes, counted only where the class is known (`class_masks`)."""
+    onehot, kmask = is_label.float(), is_known.float()
+    dims = (0, *range(2, prob.dim()))
     inter = (prob * onehot * kmask).sum(dims)
     denom = ((prob + onehot) * kmask).sum(dims)
     present = onehot.mul(kmask).sum(dims) > 0
     dice = (2 * inter + 1) / (denom + 1)
-    return (1 - dice[1:])[present[1:]].mean() if present[1:].any() else logits.sum() * 0
+    return (1 - dice[1:])[present[1:]].mean() if present[1:].any() else prob.sum() * 0
+
+
+def supervised_loss(logits: torch.Tensor, lab: torch.Tensor, known: torch.Tensor, weight: torch.Tensor,
+                    label_prior: float) -> torch.Tensor:
+    """Marginal CE (per-voxel `weight`) + soft Dice + `label_prior` x plain CE, sharing one log-softmax
+    and one set of class masks (three softmaxes and int64 masks took 10% of a teacher step)."""
+    logp = torch.log_softmax(logits, dim=1)
+    masks = class_masks(lab, known)
+    return (marginal_ce(logp, allowed_mask(lab, known, masks), weight) + soft_dice(logp.exp(), *masks)
+            + label_prior * labelled_nll(logp, lab, known))
 
 
 class PatchStream:
@@ -224,10 +237,10 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
             if teacher is not None:
                 with torch.no_grad():
                     t_logits = teacher(x).float()
-        loss = marginal_ce(logits, allowed_mask(lab, known), lw[lab.long()]) + soft_dice(logits, lab, known)
-        loss = loss + cfg.label_prior * _labelled_ce(logits, lab, known)
+        weight = lw[lab.long()]
+        loss = supervised_loss(logits, lab, known, weight, cfg.label_prior)
         if teacher is not None:
-            kl = distillation_kl(logits, t_logits, cfg.temperature, lw[lab.long()])
+            kl = distillation_kl(logits, t_logits, cfg.temperature, weight)
             loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl * cfg.temperature**2
         if cfg.sparsity > 0:
             loss = loss + cfg.sparsity * _bn_l1(model)
@@ -246,4 +259,5 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-__all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "distillation_kl", "marginal_ce", "train"]
+__all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "class_masks", "distillation_kl", "marginal_ce",
+           "soft_dice", "supervised_loss", "train"]

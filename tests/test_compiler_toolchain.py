@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch", reason="the model toolchain needs the `mode
 from appliance.inference.backends import choose_backend  # noqa: E402
 from appliance.inference.bundle import load_bundle  # noqa: E402
 from compiler.build import SMOKE, build, reexport  # noqa: E402
-from compiler.labels.table import NUM_CLASSES  # noqa: E402
+from compiler.labels.table import NUM_CLASSES, VALUE  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
-from compiler.model.unet import SubpixelUpConv, make_unet, widen_input  # noqa: E402
-from compiler.train import allowed_mask, distillation_kl, marginal_ce  # noqa: E402
+from compiler.model.unet import SubpixelUpConv, make_unet, upsample_conv, widen_input  # noqa: E402
+from compiler.train import LR_SWAP, allowed_mask, distillation_kl, marginal_ce, supervised_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,23 @@ def test_subpixel_conv_is_exactly_nearest_upsample_then_conv_at_every_border():
         SubpixelUpConv(torch.nn.Conv3d(5, 7, 3, stride=2, padding=1))
 
 
+def test_training_up_conv_computes_and_learns_exactly_what_upsample_then_conv_does():
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 3, 4, 5, requires_grad=True)  # odd and even sizes: every parity meets a border
+    weight = torch.randn(7, 5, 3, 3, 3, requires_grad=True)
+    bias = torch.randn(7, requires_grad=True)
+    want = torch.nn.functional.conv3d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"),
+                                      weight, bias, padding=1)
+    got = upsample_conv(x, weight, bias)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-4)
+    g = torch.randn_like(want)
+    grads_want = torch.autograd.grad(want, (x, weight, bias), g)
+    grads_got = torch.autograd.grad(got, (x, weight, bias), g)
+    for a, b in zip(grads_got, grads_want, strict=True):
+        assert torch.allclose(a, b, atol=1e-3)
+
+
 def test_exported_onnx_matches_torch_with_batchnorm_folded_and_no_resize(tmp_path):
     import onnxruntime as ort
 
@@ -135,7 +152,21 @@ def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():
     heart[0, 6, :2] = 5.0
     heart[0, 0, 2] = 5.0
     heart[0, 3, 3] = 5.0  # voxel 2 correct (background); voxel 0 says heart, allowed; voxel 1 ignored
-    assert float(marginal_ce(heart, allowed)) < 0.01
+    assert float(marginal_ce(torch.log_softmax(heart, 1), allowed)) < 0.01
+    heart[0, 6, 0], heart[0, 0, 0] = -5.0, 5.0  # voxel 0 now says background: not what "body or heart" allows
+    assert float(marginal_ce(torch.log_softmax(heart, 1), allowed)) > 1.0
+
+
+def test_supervised_loss_is_near_zero_for_the_labels_and_large_for_a_swapped_lung():
+    lab = torch.zeros((1, 4, 4, 4), dtype=torch.uint8)
+    lab[0, :, :2] = VALUE["lung_left"]
+    lab[0, :, 2:] = VALUE["lung_right"]
+    known = torch.full(lab.shape, (1 << 9) - 1, dtype=torch.int32)
+    weight = torch.ones(lab.shape)
+    right = torch.nn.functional.one_hot(lab.long(), 9).permute(0, 4, 1, 2, 3).float() * 20.0
+    swapped = torch.nn.functional.one_hot(torch.from_numpy(LR_SWAP)[lab.long()].long(), 9).permute(0, 4, 1, 2, 3)
+    assert float(supervised_loss(right, lab, known, weight, 0.1)) < 0.01
+    assert float(supervised_loss(swapped.float() * 20.0, lab, known, weight, 0.1)) > 1.0
 
 
 def test_loss_weight_counts_a_voxel_as_many_times_as_it_says():
@@ -144,8 +175,8 @@ def test_loss_weight_counts_a_voxel_as_many_times_as_it_says():
     logits = torch.randn(1, 9, 2)
     doubled = torch.cat([logits, logits[:, :, 1:]], dim=2)  # the airway voxel twice
     allowed_doubled = torch.cat([allowed, allowed[:, :, 1:]], dim=2)
-    weighted = marginal_ce(logits, allowed, torch.tensor([[1.0, 2.0]]))
-    assert torch.allclose(weighted, marginal_ce(doubled, allowed_doubled))
+    weighted = marginal_ce(torch.log_softmax(logits, 1), allowed, torch.tensor([[1.0, 2.0]]))
+    assert torch.allclose(weighted, marginal_ce(torch.log_softmax(doubled, 1), allowed_doubled))
 
 
 def test_distillation_weight_counts_a_voxel_as_many_times_as_it_says():
