@@ -40,6 +40,7 @@ from compiler.evaluate import agreement, score
 from compiler.labels.reference import RULES_VERSION
 from compiler.labels.table import LABEL_TABLE, NUM_CLASSES
 from compiler.model.export import export_onnx, quantize_int8
+from compiler.model.from_onnx import unet_from_onnx
 from compiler.model.prune import prune_unet
 from compiler.model.unet import UNet3d, make_unet, widen_input
 from compiler.phantom import make_phantom
@@ -263,10 +264,9 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     # 2. teacher (or a teacher trained by an earlier run of this same recipe, to save CPU time), then a
     #    second phase at a lower learning rate with a fresh sampling seed
     if teacher_from is not None:
-        ck = torch.load(teacher_from)
-        teacher = _load_unet(teacher_from)
+        teacher, history = _reused_teacher(teacher_from, budget, train_vols, cfg.channels)
         # the checkpoint's own training history, so the manifest tells how the shipped teacher was made
-        report["stages"] += ck.get("stages", [])
+        report["stages"] += history
         report["stages"].append({"stage": "teacher", "steps": 0, "reused": teacher_from.name})
         if teacher.in_channels < len(cfg.channels):  # a checkpoint from before a new input channel
             report["stages"].append({"stage": "teacher", "steps": 0, "widened_input": list(cfg.channels)})
@@ -374,6 +374,21 @@ def reexport(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2) 
     return bundle_dir
 
 
+def _reused_teacher(path: Path, budget: Budget, train_vols: list[LabelledVolume],
+                    channels: tuple[str, ...]) -> tuple[UNet3d, list[dict]]:
+    """A teacher from a checkpoint (teacher.pt) or from a bundle's exported FP32 file, which is all a
+    fresh clone has (`from_onnx`: BatchNorm statistics measured on real training patches), with its
+    training history (the checkpoint's, or the teacher stages of the manifest beside the file)."""
+    if path.suffix != ".onnx":
+        return _load_unet(path), torch.load(path).get("stages", [])
+    real = [v for v in train_vols if not v.name.startswith("phantom")] or train_vols
+    teacher = unet_from_onnx(path, _calibration(real, budget.train_patch, budget.calib_patches, channels))
+    manifest = path.parent / "manifest.json"
+    stages = json.loads(manifest.read_text()).get("provenance", {}).get("training", {}).get("stages", []) \
+        if manifest.exists() else []
+    return teacher.eval(), [st for st in stages if st.get("stage", "").startswith("teacher")]
+
+
 def _load_unet(path: Path) -> UNet3d:
     ck = torch.load(path)
     net = UNet3d.from_config(ck["config"])
@@ -433,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reexport", action="store_true",
                    help="export, quantize and evaluate the networks in --work again (export changed, training did "
                         "not) and republish the bundle at --out")
-    p.add_argument("--teacher-from", type=Path, default=None, help="reuse a teacher checkpoint (teacher.pt)")
+    p.add_argument("--teacher-from", type=Path, default=None,
+                   help="reuse a teacher: a checkpoint (teacher.pt) or the FP32 file of a bundle mode that ships it")
     p.add_argument("--teacher-more-steps", type=int, default=None,
                    help="steps of the teacher's second phase (default: the budget's; none with --teacher-from)")
     args = p.parse_args(argv)

@@ -15,6 +15,7 @@ from appliance.inference.bundle import load_bundle  # noqa: E402
 from compiler.build import SMOKE, build, reexport  # noqa: E402
 from compiler.labels.table import NUM_CLASSES, VALUE  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
+from compiler.model.from_onnx import unet_from_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
 from compiler.model.unet import SubpixelUpConv, make_unet, upsample_conv, widen_input  # noqa: E402
 from compiler.train import LR_SWAP, allowed_mask, distillation_kl, marginal_ce, supervised_loss  # noqa: E402
@@ -136,6 +137,31 @@ def test_reexport_republishes_the_trained_networks_with_their_training_record(sm
     assert after.provenance["training"] == before.provenance["training"]
     assert "reexported" in after.provenance and after.evaluation["cases"]
     assert after.modes["preview"].fp32 in after.files
+
+
+def test_a_teacher_recovered_from_its_exported_file_computes_what_the_checkpoint_did(smoke_bundle):
+    work = smoke_bundle.parent / "work"
+    ck = torch.load(work / "teacher.pt")
+    trained = make_unet(4, 2, NUM_CLASSES, ck["config"]["in_channels"])
+    trained.load_state_dict(ck["state"])
+    trained.eval()
+    torch.manual_seed(5)
+    patches = [torch.randn(1, trained.in_channels, 16, 16, 16).numpy() for _ in range(2)]
+    recovered = unet_from_onnx(work / "teacher.preview.onnx", patches)
+    assert recovered.widths == trained.widths
+    x = torch.randn(1, trained.in_channels, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(recovered(x), trained(x), atol=1e-4)
+    # BN scales are again each channel's spread, which pruning ranks by: a constant channel would rank last
+    assert all(float(layer.bn.weight.min()) > 0 for layer in recovered.layers.values())
+
+
+def test_a_build_can_distil_a_new_student_from_the_teacher_a_bundle_ships(smoke_bundle, tmp_path):
+    teacher_file = smoke_bundle.parent / "work" / "teacher.preview.onnx"
+    out = build(tmp_path / "bundle", SMOKE, tmp_path / "work", threads=1, teacher_from=teacher_file)
+    stages = load_bundle(out).manifest.provenance["training"]["stages"]
+    assert {"stage": "teacher", "steps": 0, "reused": "teacher.preview.onnx"} in stages
+    assert [st["stage"] for st in stages if st["steps"]][-2:] == ["student", "finetune"]
 
 
 def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():
