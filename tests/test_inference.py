@@ -24,6 +24,7 @@ from appliance.inference.postprocess import (
     drop_implausible_airway,
     fill_airway_lumen,
     fill_bone_marrow,
+    grow_lungs_into_air,
     keep_largest_components,
     keep_single_structures,
 )
@@ -210,6 +211,27 @@ def test_air_the_network_left_background_inside_the_trachea_becomes_airway_but_o
     out = fill_airway_lumen(labels.copy(), enclosed, airway=5)
     assert (out[:, 14:17, 14:17] == 5).all() and (out[:, 10, 10] == 0).all()
     assert np.array_equal(out[labels != 0], labels[labels != 0])
+
+
+def test_aerated_air_the_network_left_beside_a_lung_joins_the_nearer_lung_but_bowel_gas_and_airway_do_not():
+    labels = np.ones((4, 40, 60), dtype=np.uint8)  # body, 2 mm voxels
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)
+    labels[:, 5:25, 5:25], labels[:, 5:25, 35:55] = 4, 3  # right and left lung
+    hu[:, 5:25, 5:55] = -800.0  # aerated from one lung to the other
+    labels[:, 5:25, 25:35] = 1  # the network called the air between them body...
+    labels[:, 10:15, 10:15] = 0  # ...and a hole by the hilum outside air
+    labels[:, 5:8, 28:32] = 5  # a bronchus stays airway
+    hu[:, 30:36, 20:40], labels[:, 30:36, 20:40] = -900.0, 1  # bowel gas below soft tissue: not touching
+    hu[:, 26:28, 5:55] = 20.0  # the diaphragm
+    enclosed = (hu < -400).astype(np.float32)
+    enclosed[:, 12, 12] = 0.0  # air the slice does not enclose stays what it was
+    out = grow_lungs_into_air(labels.copy(), hu, enclosed, (3, 4), (0, 1), spacing=(2.0, 2.0, 2.0))
+    assert (out[:, 5:25, 25:30] != 3).all() and (out[:, 8:25, 25:30] == 4).all()  # split by distance
+    assert (out[:, 8:25, 30:35] == 3).all()
+    assert (out[:, 5:8, 28:32] == 5).all() and (out[:, 30:36, 20:40] == 1).all()
+    assert (out[:, 10:15, 10:15][enclosed[:, 10:15, 10:15] > 0] == 4).all() and (out[:, 12, 12] == 0).all()
+    far = grow_lungs_into_air(labels.copy(), hu, enclosed, (3, 4), (0, 1), spacing=(2.0, 2.0, 2.0), max_mm=4.0)
+    assert (far[:, 15, 27:33] == 1).all()  # at most 4 mm (two voxels) from each lung
 
 
 def test_bone_takes_the_marrow_its_cortex_encloses_but_not_a_skull_interior_a_sinus_or_another_organ():

@@ -47,6 +47,17 @@ The network paints the trachea's wall as airway and leaves part of its lumen, pu
 outside, as background (on the held-out chest at 3 mm, 158 of the 349 airway voxels it missed). Air
 inside the patient is never background; where its nearest labelled voxel is airway it is the lumen.
 
+Aerated lung is aerated lung wherever the network stopped: enclosed air (below -500 HU, inside its
+axial slice) that the network left body or background and that touches a predicted lung through such
+air joins that lung, each lung growing one voxel at a time in turn (so air between them is split by
+distance), at most 60 mm. The preview student left holes of "background" beside the hilum and body
+over the lingula (held-out chest at 3 mm: 2468 missed right-lung voxels, median -753 HU); the grown
+lungs there score 0.971 -> 0.993 (left) and 0.962 -> 0.994 (right) against the reference, the held-out
+abdomen's 0.947 -> 0.972 and 0.961 -> 0.971. The reference labeller defines lung much the same way (air
+inside the body), so part of that gain is agreement by construction; the holes it fills are aerated
+lung on the images. Airway, bone and the organs are never taken, and bowel gas stays where the
+diaphragm separates it from the lung.
+
 An island that is removed takes the foreground label that surrounds it most (a speck of "airway" in the
 lung becomes lung); background only if nothing else touches it. On the held-out abdomen the false
 airway islands are bowel gas that the network rings with "background"; they belong to the patient, and
@@ -75,6 +86,8 @@ MARROW_MAX_AREA_MM2 = 2500.0  # a lumbar vertebral body's cross-section, not the
 BONE_CORTEX_HU = 450.0  # a bone island's 95th percentile reaches cortex
 BONE_SURROUNDED = 0.3  # of an organ island's outer voxels that are bone: it is marrow (module docstring)
 BONE_JUDGED_ML = 0.5  # islands smaller than this are too few voxels for percentiles (37 at 3 mm)
+AERATED_LUNG_HU = -500.0  # enclosed air below this that touches a lung is lung (module docstring)
+LUNG_GROWTH_MM = 60.0
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
@@ -203,6 +216,34 @@ def fill_airway_lumen(labels: np.ndarray, enclosed: np.ndarray, airway: int) -> 
     background = region == 0
     _, nearest = ndimage.distance_transform_edt(background, return_indices=True)
     region[background & (enclosed[box] > 0) & (region[tuple(nearest)] == airway)] = airway
+    return labels
+
+
+def grow_lungs_into_air(labels: np.ndarray, hu: np.ndarray, enclosed: np.ndarray, lungs: Iterable[int],
+                        hosts: Iterable[int], spacing: tuple[float, float, float],
+                        max_mm: float = LUNG_GROWTH_MM) -> np.ndarray:
+    """Enclosed aerated voxels labelled one of `hosts` (background, body) join the lung they touch through
+    such air, the lungs growing in turn up to `max_mm` (module docstring). Modified in place and returned."""
+    lungs = list(lungs)
+    seeds = np.isin(labels, lungs)
+    if not seeds.any():
+        return labels
+    cand = (hu < AERATED_LUNG_HU) & (enclosed > 0) & np.isin(labels, list(hosts))
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(seeds | cand))
+    region, free = labels[box], cand[box]  # region is a view: writes go to `labels`
+    step = ndimage.generate_binary_structure(3, 1)
+    front = {v: region == v for v in lungs}
+    for _ in range(int(np.ceil(max_mm / min(spacing)))):
+        grown = False
+        for v in lungs:
+            new = ndimage.binary_dilation(front[v], step) & free
+            front[v] = new
+            if new.any():
+                region[new] = v
+                free &= ~new
+                grown = True
+        if not grown:
+            break
     return labels
 
 
