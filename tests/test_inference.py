@@ -20,6 +20,7 @@ from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
     airway_is_air,
     confine_experimental,
+    drop_bone_outside_patient,
     drop_bone_without_cortex,
     drop_implausible_airway,
     fill_airway_lumen,
@@ -27,6 +28,7 @@ from appliance.inference.postprocess import (
     grow_lungs_into_air,
     keep_largest_components,
     keep_single_structures,
+    trim_bone_surface,
 )
 from appliance.inference.segment import segment_array
 from appliance.inference.sliding import gaussian_weights, sliding_window, window_starts
@@ -232,6 +234,29 @@ def test_aerated_air_the_network_left_beside_a_lung_joins_the_nearer_lung_but_bo
     assert (out[:, 10:15, 10:15][enclosed[:, 10:15, 10:15] > 0] == 4).all() and (out[:, 12, 12] == 0).all()
     far = grow_lungs_into_air(labels.copy(), hu, enclosed, (3, 4), (0, 1), spacing=(2.0, 2.0, 2.0), max_mm=4.0)
     assert (far[:, 15, 27:33] == 1).all()  # at most 4 mm (two voxels) from each lung
+
+
+def test_bone_loses_one_layer_of_soft_tissue_at_its_surface_but_keeps_dense_surface_and_marrow():
+    labels = np.ones((9, 20, 20), dtype=np.uint8)
+    hu = np.full(labels.shape, 60.0, dtype=np.float32)
+    labels[1:8, 3:17, 3:17] = 2  # bone painted a voxel too thick around cortex 4:16
+    hu[2:7, 4:16, 4:16] = 700.0
+    hu[3:6, 6:14, 6:14] = 150.0  # marrow, as soft as the false shell but inside
+    out = trim_bone_surface(labels.copy(), hu, bone=2, host=1)
+    assert (out[2:7, 4:16, 4:16] == 2).all()
+    assert ((out == 2) == (hu >= 150)).all() and (out[labels != 2] == 1).all()
+    twice = trim_bone_surface(out.copy(), hu, bone=2, host=1)
+    assert np.array_equal(twice, out)  # dense cortex now forms the surface: nothing more goes
+
+
+def test_a_bone_island_ringed_by_background_is_the_table_but_a_truncated_arm_stays_bone():
+    labels = np.zeros((6, 40, 40), dtype=np.uint8)
+    labels[:, 5:30, 5:35] = 1  # the patient, cut by the field of view at x = 35
+    labels[:, 32:34, 5:35] = 2  # the table below the patient: background around it
+    labels[:, 10:20, 30:35] = 2  # an arm's bone at the edge of the field of view
+    labels[:, 10:20, 35:40] = 0
+    out = drop_bone_outside_patient(labels.copy(), bone=2)
+    assert (out[:, 32:34, 5:35] == 0).all() and (out[:, 10:20, 30:35] == 2).all()
 
 
 def test_bone_takes_the_marrow_its_cortex_encloses_but_not_a_skull_interior_a_sinus_or_another_organ():

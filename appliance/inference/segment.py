@@ -19,12 +19,14 @@ from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
     airway_is_air,
     confine_experimental,
+    drop_bone_outside_patient,
     drop_bone_without_cortex,
     drop_implausible_airway,
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
     keep_single_structures,
+    trim_bone_surface,
 )
 from appliance.inference.sliding import sliding_window
 
@@ -121,6 +123,8 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
     fill_airway_lumen(labels, enclosed, value["airway"])
-    grow_lungs_into_air(labels, hu, enclosed, (value["lung_left"], value["lung_right"]), (0, value["body"]), spacing)
+    drop_bone_outside_patient(labels, value["bone"])
     fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
     drop_bone_without_cortex(labels, hu, value["bone"], spacing)
+    trim_bone_surface(labels, hu, value["bone"], value["body"])
+    grow_lungs_into_air(labels, hu, enclosed, (value["lung_left"], value["lung_right"]), (0, value["body"]), spacing)
