@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,8 @@ class Budget:
     # mode -> labels that inference reduces to their largest connected component
     single_component: dict[str, tuple[str, ...]]
     calib_patches: int
+    # mode -> overlap of its sliding windows (0.25 where not named)
+    overlap: dict[str, float] = field(default_factory=dict)
 
 
 FULL = Budget(
@@ -93,6 +95,9 @@ FULL = Budget(
     single_component={mode: ("lung_left", "lung_right", "airway", "heart", "aorta", "liver")
                       for mode in ("preview", "full")},
     calib_patches=12,
+    # full: 24 instead of 36 windows on the held-out chest, Dice equal to 0.001 in every class on both
+    # held-out cases (overlap 0.125 vs 0.25, same post-processing, measured side by side)
+    overlap={"full": 0.125},
 )
 SMOKE = Budget(
     spacings=((4.0, 4.0, 4.0),), phantom_shapes={4.0: (24, 32, 32)}, n_phantoms=3, real=False,
@@ -211,7 +216,8 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
 
 def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2) -> Path:
     """Evaluate a built bundle again with today's inference path and label table, and rewrite its
-    manifest (the networks are untouched): for a change to inference, such as post-processing, that
+    manifest (the networks are untouched): for a change to inference, such as post-processing or the
+    windows' overlap, that
     does not need a new network."""
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
@@ -222,6 +228,7 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
     shipped_teacher = next((s for s in manifest.modes.values() if s.ships_teacher), None)
     for mode, spec in manifest.modes.items():
         spec.keep_largest_component = list(budget.single_component.get(mode, ()))
+        spec.overlap = budget.overlap.get(mode, spec.overlap)
         fp32, int8 = bundle.path(spec.fp32), bundle.path(spec.int8)
         teacher = fp32 if spec.ships_teacher else work / f"teacher.{mode}.onnx"
         if not teacher.exists() and shipped_teacher is not None:
@@ -345,7 +352,7 @@ def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, wo
         # a mode that ships the teacher is its own teacher row: no second export, no second evaluation
         t_onnx = fp32 if net is teacher else export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
         ms = measure({"int8": int8, "fp32": fp32}, patch, net.in_channels, threads, decide_early=False)
-        modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=0.25, fp32=fp32.name,
+        modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=budget.overlap.get(mode, 0.25), fp32=fp32.name,
                                int8=int8.name, student=f"{'teacher' if net is teacher else 'pruned student'} widths {net.widths}",
                                cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,
                                keep_largest_component=list(budget.single_component.get(mode, ())))
