@@ -217,8 +217,7 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
 def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2) -> Path:
     """Evaluate a built bundle again with today's inference path and label table, and rewrite its
     manifest (the networks are untouched): for a change to inference, such as post-processing or the
-    windows' overlap, that
-    does not need a new network."""
+    windows' overlap, that does not need a new network."""
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
     _, _, heldout, _ = load_data(budget, work / "cache", shared_data_root())
