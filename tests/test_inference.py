@@ -23,6 +23,7 @@ from appliance.inference.postprocess import (
     drop_bone_outside_patient,
     drop_bone_without_cortex,
     drop_implausible_airway,
+    extend_airway_through_air,
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
@@ -257,6 +258,22 @@ def test_a_bone_island_ringed_by_background_is_the_table_but_a_truncated_arm_sta
     labels[:, 10:20, 35:40] = 0
     out = drop_bone_outside_patient(labels.copy(), bone=2)
     assert (out[:, 32:34, 5:35] == 0).all() and (out[:, 10:20, 30:35] == 2).all()
+
+
+def test_the_airway_follows_its_lumen_of_pure_air_into_the_lung_but_not_into_emphysema_or_beyond_30_mm():
+    labels = np.full((30, 20, 40), 3, dtype=np.uint8)  # lung, 3 mm voxels
+    hu = np.full(labels.shape, -850.0, dtype=np.float32)
+    labels[:3, 5:7, 5:7] = 5  # the network's airway stops at z = 3...
+    hu[:25, 5:7, 5:7] = -1000.0  # ...its lumen goes on to z = 25
+    hu[:, 5:7, 9:10] = -990.0  # a wall of -850 HU tissue keeps the parallel column apart
+    out = extend_airway_through_air(labels.copy(), hu, airway=5, hosts=(1, 3, 4), spacing=(3.0, 3.0, 3.0))
+    assert (out[:13, 5:7, 5:7] == 5).all() and (out[14:, 5:7, 5:7] == 3).all()  # 30 mm: 10 voxels of growth
+    assert (out[:, 5:7, 9:10] == 3).all() and (out[hu > -950] == labels[hu > -950]).all()
+    emphysema = hu.copy()
+    emphysema[6:30, :, 7:40] = -1000.0  # pure-air lung beside the bronchus from z = 6 on
+    leak = extend_airway_through_air(labels.copy(), emphysema, airway=5, hosts=(1, 3, 4), spacing=(3.0, 3.0, 3.0))
+    assert (leak[:6, 5:7, 5:7] == 5).all()  # the bronchus above the emphysema is airway...
+    assert (leak[6:, :, 9:] == 3).all()  # ...which does not spread into it
 
 
 def test_bone_takes_the_marrow_its_cortex_encloses_but_not_a_skull_interior_a_sinus_or_another_organ():

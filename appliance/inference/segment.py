@@ -22,6 +22,7 @@ from appliance.inference.postprocess import (
     drop_bone_outside_patient,
     drop_bone_without_cortex,
     drop_implausible_airway,
+    extend_airway_through_air,
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
@@ -123,6 +124,8 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
     fill_airway_lumen(labels, enclosed, value["airway"])
+    extend_airway_through_air(labels, hu, value["airway"], (value["body"], value["lung_left"], value["lung_right"]),
+                              spacing)
     drop_bone_outside_patient(labels, value["bone"])
     fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
     drop_bone_without_cortex(labels, hu, value["bone"], spacing)
