@@ -249,12 +249,13 @@ def grow_lungs_into_air(labels: np.ndarray, hu: np.ndarray, enclosed: np.ndarray
     seeds = np.isin(labels, lungs)
     if not seeds.any():
         return labels
-    cand = (hu < AERATED_LUNG_HU) & (enclosed > 0) & np.isin(labels, list(hosts))
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(seeds | cand))
-    region, free = labels[box], cand[box]  # region is a view: writes go to `labels`
+    steps = int(np.ceil(max_mm / min(spacing)))
+    box = tuple(slice(max(s.start - steps, 0), s.stop + steps) for s in _bbox(seeds))
+    region = labels[box]  # a view: writes go to `labels`
+    free = (hu[box] < AERATED_LUNG_HU) & (enclosed[box] > 0) & np.isin(region, list(hosts))
     step = ndimage.generate_binary_structure(3, 1)
     front = {v: region == v for v in lungs}
-    for _ in range(int(np.ceil(max_mm / min(spacing)))):
+    for _ in range(steps):
         grown = False
         for v in lungs:
             new = ndimage.binary_dilation(front[v], step) & free
