@@ -280,14 +280,14 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
         teacher.eval()
     else:
         teacher = make_unet(budget.teacher_base, budget.depth, NUM_CLASSES, len(cfg.channels))
-        report["stages"].append(train(teacher, stream, cfg, stage="teacher"))
+        report["stages"].append(train(teacher, stream, cfg, stage="teacher", checkpoint=work / "teacher.ckpt"))
     more = teacher_more_steps  # a reused checkpoint is taken as it is unless asked otherwise
     if more is None:
         more = 0 if teacher_from is not None else budget.teacher_more_steps
     if more > 0:
         mcfg = replace(cfg, steps=more, lr=1e-3, seed=seed + 10, log_every=max(1, more // 20))
         report["stages"].append(train(teacher, PatchStream(train_vols, mcfg, weights), mcfg,
-                                      stage="teacher-continued"))
+                                      stage="teacher-continued", checkpoint=work / "teacher-continued.ckpt"))
     torch.save({"config": teacher.config(), "state": teacher.state_dict(),
                 "stages": [st for st in report["stages"] if st["stage"].startswith("teacher") and st["steps"]]},
                work / "teacher.pt")
@@ -296,12 +296,14 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     student = prune_unet(teacher, budget.student_keep, floors=budget.width_floors)
     scfg = TrainConfig(patch=budget.train_patch, steps=budget.student_steps, seed=seed + 1, sparsity=1e-4,
                        bf16=bf16, log_every=max(1, budget.student_steps // 10))
-    report["stages"].append(train(student, PatchStream(train_vols, scfg, weights), scfg, teacher, stage="student"))
+    report["stages"].append(train(student, PatchStream(train_vols, scfg, weights), scfg, teacher, stage="student",
+                                  checkpoint=work / "student.ckpt"))
     # 4. structured pruning + fine-tuning
     pruned = prune_unet(student, budget.prune_keep, floors=budget.width_floors)
     fcfg = TrainConfig(patch=budget.train_patch, steps=budget.finetune_steps, seed=seed + 2, lr=1e-3, bf16=bf16,
                        log_every=max(1, budget.finetune_steps // 5))
-    report["stages"].append(train(pruned, PatchStream(train_vols, fcfg, weights), fcfg, teacher, stage="finetune"))
+    report["stages"].append(train(pruned, PatchStream(train_vols, fcfg, weights), fcfg, teacher, stage="finetune",
+                                  checkpoint=work / "finetune.ckpt"))
     report["widths"] = {"teacher": teacher.widths, "student": student.widths, "pruned": pruned.widths}
 
     # 5. export + INT8

@@ -10,10 +10,13 @@ allow every class and so contribute nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,8 +220,13 @@ def _bn_l1(model: nn.Module) -> torch.Tensor:
 
 
 def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.Module | None = None,
-          stage: str = "train") -> dict:
-    """Adam + cosine LR; marginal CE + soft Dice, plus KL to the teacher's soft outputs when given."""
+          stage: str = "train", checkpoint: Path | None = None, checkpoint_every: int = 100) -> dict:
+    """Adam + cosine LR; marginal CE + soft Dice, plus KL to the teacher's soft outputs when given.
+
+    With `checkpoint`, the whole training state (weights, optimiser, schedule, both random streams) is
+    written there atomically every `checkpoint_every` steps and at the end, and a run of the same stage
+    and config resumes from it: a CPU build takes hours, and a reboot or a kill must not cost them
+    (the resumed run computes exactly what an uninterrupted one does)."""
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -227,9 +235,24 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
     if teacher is not None:
         teacher.eval().to(memory_format=fmt)
     model.train().to(memory_format=fmt)
-    t0, hist = time.monotonic(), []
+    t0, hist, start, before = time.monotonic(), [], 0, 0.0
+    # the same stage, config, starting weights and teacher: anything else starts over
+    key = {"stage": stage, "config": asdict(cfg), "start": _digest(model),
+           "teacher": _digest(teacher) if teacher is not None else None}
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, weights_only=False)
+        if ck.get("key") == key:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimiser"])
+            sched.load_state_dict(ck["schedule"])
+            stream.rng.bit_generator.state = ck["stream_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+            start, hist, before = ck["step"], ck["losses"], ck["seconds"]
+            log.info("event=train_resumed stage=%s step=%d of=%d", stage, start, cfg.steps)
+        else:
+            log.info("event=train_checkpoint_ignored stage=%s reason=another stage, config, start or teacher", stage)
     lw = torch.tensor(cfg.loss_weights, dtype=torch.float32)
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         x, lab, known = stream.next()
         x = x.contiguous(memory_format=fmt)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -251,12 +274,33 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
         hist.append(float(loss.detach()))
         if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
             log.info("event=train stage=%s step=%d loss=%.4f elapsed_s=%.0f", stage, step + 1,
-                     float(np.mean(hist[-cfg.log_every:])), time.monotonic() - t0)
+                     float(np.mean(hist[-cfg.log_every:])), before + time.monotonic() - t0)
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step == cfg.steps - 1):
+            _save_atomically(checkpoint, {
+                "key": key, "step": step + 1, "losses": hist, "seconds": before + time.monotonic() - t0,
+                "model": model.state_dict(), "optimiser": opt.state_dict(), "schedule": sched.state_dict(),
+                "stream_rng": stream.rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
     model.eval().to(memory_format=torch.contiguous_format)
     if teacher is not None:
         teacher.to(memory_format=torch.contiguous_format)
-    return {"stage": stage, "steps": cfg.steps, "final_loss": float(np.mean(hist[-cfg.log_every:])),
-            "seconds": round(time.monotonic() - t0, 1)}
+    return {"stage": stage, "steps": cfg.steps, "final_loss": float(np.mean(hist[-cfg.log_every:])) if hist else None,
+            "seconds": round(before + time.monotonic() - t0, 1)}
+
+
+def _digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_atomically(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 __all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "class_masks", "distillation_kl", "marginal_ce",

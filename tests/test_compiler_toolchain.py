@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -162,6 +163,47 @@ def test_a_build_can_distil_a_new_student_from_the_teacher_a_bundle_ships(smoke_
     stages = load_bundle(out).manifest.provenance["training"]["stages"]
     assert {"stage": "teacher", "steps": 0, "reused": "teacher.preview.onnx"} in stages
     assert [st["stage"] for st in stages if st["steps"]][-2:] == ["student", "finetune"]
+
+
+def test_training_killed_midway_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_does(tmp_path):
+    from compiler.build import _phantom_volume
+    from compiler.train import PatchStream, TrainConfig, train
+
+    vols = [_phantom_volume(7, (24, 32, 32), (4.0, 4.0, 4.0))]
+    cfg = TrainConfig(patch=(16, 16, 16), batch=1, steps=5, log_every=1)
+
+    def fresh():
+        torch.manual_seed(0)
+        return make_unet(4, 2, NUM_CLASSES, 3)
+
+    unbroken = fresh()
+    train(unbroken, PatchStream(vols, cfg), cfg)
+
+    class KilledError(Exception):
+        pass
+
+    class DiesOnFourthBatch(PatchStream):
+        calls = 0
+
+        def next(self):
+            self.calls += 1
+            if self.calls == 4:
+                raise KilledError
+            return super().next()
+
+    ck = tmp_path / "stage.ckpt"
+    with pytest.raises(KilledError):
+        train(fresh(), DiesOnFourthBatch(vols, cfg), cfg, checkpoint=ck, checkpoint_every=2)
+    assert torch.load(ck, weights_only=False)["step"] == 2
+    resumed = fresh()
+    stats = train(resumed, PatchStream(vols, cfg), cfg, checkpoint=ck, checkpoint_every=2)
+    assert stats["steps"] == 5 and torch.load(ck, weights_only=False)["step"] == 5
+    for a, b in zip(resumed.state_dict().values(), unbroken.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    other = replace(cfg, lr=1e-4)  # another config never takes this checkpoint
+    changed = fresh()
+    train(changed, PatchStream(vols, other), other, checkpoint=ck)
+    assert not torch.allclose(changed.head.weight, resumed.head.weight)
 
 
 def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():
