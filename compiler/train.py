@@ -224,8 +224,8 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
     """Adam + cosine LR; marginal CE + soft Dice, plus KL to the teacher's soft outputs when given.
 
     With `checkpoint`, the whole training state (weights, optimiser, schedule, both random streams) is
-    written there atomically every `checkpoint_every` steps and at the end, and a run of the same stage
-    and config resumes from it: a CPU build takes hours, and a reboot or a kill must not cost them
+    written there atomically every `checkpoint_every` steps and at the end, and a run of the same stage,
+    config, starting weights and teacher resumes from it: a CPU build takes hours, and a reboot or a kill must not cost them
     (the resumed run computes exactly what an uninterrupted one does)."""
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
@@ -239,8 +239,8 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
     # the same stage, config, starting weights and teacher: anything else starts over
     key = {"stage": stage, "config": asdict(cfg), "start": _digest(model),
            "teacher": _digest(teacher) if teacher is not None else None}
-    if checkpoint is not None and checkpoint.exists():
-        ck = torch.load(checkpoint, weights_only=False)
+    ck = _load_checkpoint(checkpoint, stage) if checkpoint is not None else None
+    if ck is not None:
         if ck.get("key") == key:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimiser"])
@@ -285,6 +285,19 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
         teacher.to(memory_format=torch.contiguous_format)
     return {"stage": stage, "steps": cfg.steps, "final_loss": float(np.mean(hist[-cfg.log_every:])) if hist else None,
             "seconds": round(before + time.monotonic() - t0, 1)}
+
+
+def _load_checkpoint(path: Path, stage: str) -> dict | None:
+    """The checkpoint at `path`, or None where there is none or it cannot be read (then the stage starts
+    over: a damaged file costs the steps it held, never the build)."""
+    if not path.exists():
+        return None
+    try:
+        ck = torch.load(path, weights_only=False)
+        return ck if isinstance(ck, dict) else None
+    except Exception as exc:  # a truncated or foreign file: any unpickling error
+        log.warning("event=train_checkpoint_unreadable stage=%s error=%s", stage, type(exc).__name__)
+        return None
 
 
 def _digest(module: nn.Module) -> str:

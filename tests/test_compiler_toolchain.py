@@ -204,6 +204,10 @@ def test_training_killed_midway_resumes_from_its_checkpoint_and_ends_where_an_un
     changed = fresh()
     train(changed, PatchStream(vols, other), other, checkpoint=ck)
     assert not torch.allclose(changed.head.weight, resumed.head.weight)
+    ck.write_bytes(ck.read_bytes()[:100])  # a damaged checkpoint: the stage starts over
+    again = fresh()
+    assert train(again, PatchStream(vols, cfg), cfg, checkpoint=ck)["steps"] == 5
+    assert torch.allclose(again.head.weight, unbroken.head.weight, atol=1e-6)
 
 
 def test_partial_label_loss_ignores_unknown_classes_and_unlabelled_voxels():
