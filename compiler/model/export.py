@@ -52,7 +52,12 @@ class _Calibration:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray],
-                  keep_fp32: tuple[str, ...] = ("first_conv",)) -> Path:
+                  keep_fp32_convs: int = 2) -> Path:
+    """Static QDQ INT8 (symmetric, per-channel weights) with the first `keep_fp32_convs` convs in FP32:
+    the first sees three raw input channels, and the second's input, the first layer's output, is the
+    activation INT8 hurts most (held-out CT at 1.5 mm, teacher: keeping it FP32 took the voxels where
+    INT8 and FP32 disagree from 1.64% to 0.55% and flipped bone voxels from 14.9% to 3.8%; keeping any
+    one other conv FP32 changed neither by more than 0.03%, the head 0.25%)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -60,7 +65,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     m = onnx.load(str(pre))
     convs = [n.name for n in m.graph.node if n.op_type == "Conv"]
-    exclude = [convs[0]] if "first_conv" in keep_fp32 and convs else []
+    exclude = convs[:keep_fp32_convs]
     quantize_static(
         str(pre), str(int8_path), _Calibration(calibration),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
