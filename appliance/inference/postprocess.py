@@ -111,10 +111,11 @@ AIRWAY_GROWTH_MM = 30.0
 AIRWAY_LEAK_ML = 1.0  # a growth step over this that adds 3x the first step's voxels is a leak
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
+def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """The box of `mask`'s voxels grown by `margin` on every side (clipped at 0; numpy clips the stop)."""
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
            for axis in range(mask.ndim)]
-    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+    return tuple(slice(max(int(i[0]) - margin, 0), int(i[-1]) + 1 + margin) for i in idx)
 
 
 def confine_experimental(labels: np.ndarray, probs: np.ndarray, validated: list[int], experimental: list[int],
@@ -142,7 +143,7 @@ def confine_experimental(labels: np.ndarray, probs: np.ndarray, validated: list[
 def _surrounded(islands: np.ndarray, by: np.ndarray, fraction: float) -> np.ndarray:
     """The islands (26-connected components of `islands`) of which at least `fraction` of the voxels
     touching them from outside are in `by`."""
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(islands))
+    box = _bbox(islands, 1)
     comp, n = ndimage.label(islands[box], structure=_FULLY_CONNECTED)
     out = np.zeros(islands.shape, dtype=bool)
     for grown, island, ring in _islands_and_rings(comp, range(1, n + 1)):
@@ -232,7 +233,7 @@ def fill_airway_lumen(labels: np.ndarray, enclosed: np.ndarray, airway: int) -> 
     mask = labels == airway
     if not mask.any():
         return labels
-    box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in _bbox(mask))
+    box = _bbox(mask, 2)
     region = labels[box]  # a view: writes go to `labels`
     background = region == 0
     _, nearest = ndimage.distance_transform_edt(background, return_indices=True)
@@ -250,7 +251,7 @@ def grow_lungs_into_air(labels: np.ndarray, hu: np.ndarray, enclosed: np.ndarray
     if not seeds.any():
         return labels
     steps = int(np.ceil(max_mm / min(spacing)))
-    box = tuple(slice(max(s.start - steps, 0), s.stop + steps) for s in _bbox(seeds))
+    box = _bbox(seeds, steps)
     region = labels[box]  # a view: writes go to `labels`
     free = (hu[box] < AERATED_LUNG_HU) & (enclosed[box] > 0) & np.isin(region, list(hosts))
     step = ndimage.generate_binary_structure(3, 1)
@@ -312,7 +313,7 @@ def extend_airway_through_air(labels: np.ndarray, hu: np.ndarray, airway: int, h
     if not mask.any():
         return labels
     margin = int(np.ceil(max_mm / min(spacing))) + 1
-    box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in _bbox(mask))
+    box = _bbox(mask, margin)
     region = labels[box]  # a view: writes go to `labels`
     free = (hu[box] < PURE_AIR_HU) & np.isin(region, list(hosts))
     front, first = _Front.of(region == airway), 0
@@ -379,7 +380,7 @@ def drop_bone_outside_patient(labels: np.ndarray, bone: int, fraction: float = O
     mask = labels == bone
     if not mask.any():
         return labels
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in _bbox(mask))
+    box = _bbox(mask, 1)
     region = labels[box]
     comp, n = ndimage.label(region == bone, structure=_FULLY_CONNECTED)
     nearest = ndimage.grey_dilation(comp, footprint=_FULLY_CONNECTED)  # an island beside each ring voxel
