@@ -388,7 +388,8 @@ def _reused_teacher(path: Path, budget: Budget, train_vols: list[LabelledVolume]
     fresh clone has (`from_onnx`: BatchNorm statistics measured on real training patches), with its
     training history (the checkpoint's, or the teacher stages of the manifest beside the file)."""
     if path.suffix != ".onnx":
-        return _load_unet(path), torch.load(path).get("stages", [])
+        ck = torch.load(path)
+        return _unet_of(ck), ck.get("stages", [])
     real = [v for v in train_vols if not v.name.startswith("phantom")] or train_vols
     teacher = unet_from_onnx(path, _calibration(real, budget.train_patch, budget.calib_patches, channels))
     manifest = path.parent / "manifest.json"
@@ -398,7 +399,10 @@ def _reused_teacher(path: Path, budget: Budget, train_vols: list[LabelledVolume]
 
 
 def _load_unet(path: Path) -> UNet3d:
-    ck = torch.load(path)
+    return _unet_of(torch.load(path))
+
+
+def _unet_of(ck: dict) -> UNet3d:
     net = UNet3d.from_config(ck["config"])
     net.load_state_dict(ck["state"])
     return net.eval()
