@@ -56,7 +56,7 @@ bench: system-deps $(VENV)/.stamp-bench
 # Rebuild the committed model bundle from scratch: labels, teacher, distilled + pruned student, INT8,
 # evaluation (about 80 min on 2 AVX512-BF16 cores before training's up-convs became transposed convs; where
 # bf16 is not native it trains in FP32: a from-scratch run on a 2-core AVX2 Zen 2, measured, took 97 min for
-# the teacher's 1600 steps, 39 min for its 800 more and 30 min for the student's 700, so about 3 h in all).
+# the teacher's 1600 steps, 39 min for its 800 more and 32 min for the student's 700, so about 3 h in all).
 # Each training stage checkpoints into build/model every 100 steps: run it again after a kill or a
 # reboot and it resumes where it stopped.
 model: $(VENV)/.stamp-test
