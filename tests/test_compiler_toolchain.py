@@ -19,7 +19,14 @@ from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.from_onnx import unet_from_onnx  # noqa: E402
 from compiler.model.prune import prune_unet  # noqa: E402
 from compiler.model.unet import SubpixelUpConv, make_unet, upsample_conv, widen_input  # noqa: E402
-from compiler.train import LR_SWAP, allowed_mask, distillation_kl, marginal_ce, supervised_loss  # noqa: E402
+from compiler.train import (  # noqa: E402
+    LR_SWAP,
+    _digest,
+    allowed_mask,
+    distillation_kl,
+    marginal_ce,
+    supervised_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +38,58 @@ def smoke_bundle(tmp_path_factory):
 def test_smoke_build_runs_every_stage_and_writes_a_verified_bundle(smoke_bundle):
     bundle = load_bundle(smoke_bundle)
     m = bundle.manifest
-    assert [s["stage"] for s in m.provenance["training"]["stages"]] == ["teacher", "student", "finetune"]
+    assert [s["stage"] for s in m.provenance["training"]["stages"]] == ["teacher", "teacher-airway", "student",
+                                                                       "finetune"]
     spec = m.modes["preview"]
     assert spec.fp32 in m.files and spec.int8 in m.files
     assert m.evaluation["cases"], "the held-out evaluation must run"
     row = next(iter(m.evaluation["cases"].values()))
     assert {"teacher", "fp32", "int8", "int8_vs_fp32"} <= set(row)
     assert [lab.name for lab in m.labels][:5] == ["body", "bone", "lung_left", "lung_right", "airway"]
+
+
+def test_teacher_trains_phase_after_phase_each_with_its_own_rate_and_weights_as_the_manifest_records(smoke_bundle):
+    stages = load_bundle(smoke_bundle).manifest.provenance["training"]["stages"]
+    work = smoke_bundle.parent / "work"
+    for phase in SMOKE.teacher_phases:
+        row = next(st for st in stages if st["stage"] == phase.stage)
+        assert (row["steps"], row["lr"]) == (phase.steps, phase.lr)
+        # each phase's own checkpoint, trained with that phase's sampling and loss weights and rate
+        config = torch.load(work / f"{phase.stage}.ckpt", weights_only=False)["key"]["config"]
+        assert (tuple(config["class_weights"]), tuple(config["loss_weights"]), config["lr"]) == (
+            phase.class_weights, phase.loss_weights, phase.lr)
+    assert SMOKE.teacher_phases[0].class_weights != SMOKE.teacher_phases[1].class_weights
+    # the phases continue one network: the second starts from the weights the first ended with
+    first, second = (torch.load(work / f"{ph.stage}.ckpt", weights_only=False) for ph in SMOKE.teacher_phases)
+    net = make_unet(SMOKE.teacher_base, SMOKE.depth, NUM_CLASSES, 3)
+    net.load_state_dict(first["model"])
+    assert second["key"]["start"] == _digest(net)
+
+
+def test_contrast_removal_gives_an_enhanced_aorta_blood_hu_and_leaves_bone_and_unenhanced_blood():
+    from compiler.train import BLOOD_HU, remove_contrast
+
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40.0, 10.0, (8, 16, 16)).astype(np.float32)
+    lab = np.full(hu.shape, VALUE["body"], dtype=np.uint8)
+    lab[:, 2:6, 2:6] = VALUE["aorta"]
+    hu[:, 2:6, 2:6] += 300.0  # enhanced lumen
+    lab[:, 10:14, 10:14] = VALUE["bone"]
+    hu[:, 10:14, 10:14] = 700.0
+    lab[:, 2:6, 10:14] = VALUE["heart"]  # unenhanced: left as it is
+    out = remove_contrast(hu, lab, rng)
+    aorta = lab == VALUE["aorta"]
+    assert abs(float(np.median(out[aorta])) - BLOOD_HU) < 30
+    assert np.array_equal(out[~aorta], hu[~aorta])
+    assert float(np.median(hu[aorta])) > 300  # the input is not modified
+
+
+def test_per_class_weights_name_labels_by_their_value():
+    from compiler.build import per_class
+
+    w = per_class(1.0, background=0.0, airway=10.0)
+    assert len(w) == NUM_CLASSES and w[0] == 0.0 and w[VALUE["airway"]] == 10.0
+    assert sum(w) == NUM_CLASSES - 2 + 10.0
 
 
 def test_int8_model_is_qdq_with_the_first_conv_left_in_fp32(smoke_bundle):
