@@ -105,7 +105,8 @@ class Budget:
 # bundle: held-out full-mode bone 0.956 -> 0.880, abdomen bone 0.833 -> 0.749, and its student lost
 # preview airway 0.88 -> 0.70 (which of the two differences cost that was not measured apart).
 # The phases differ from that history in one way: the enclosed-air input exists from the first step (the
-# shipped teacher got it after the second phase, widened with zero weights).
+# shipped teacher got it after the second phase, widened with zero weights). What these phases build from
+# scratch, next to the shipped bundle: compiler/README.md.
 _UNIT = per_class(1.0)
 _AIRWAY_X10 = per_class(1.0, background=0.0, bone=1.5, airway=10.0)
 FULL_TEACHER_PHASES = (
