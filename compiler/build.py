@@ -38,25 +38,17 @@ from appliance.inference.segment import segment_array
 from compiler.data import ALL_KNOWN, CASES, LabelledVolume, labelled_case, load_ct, shared_data_root
 from compiler.evaluate import agreement, score
 from compiler.labels.reference import RULES_VERSION
-from compiler.labels.table import LABEL_TABLE, NUM_CLASSES, VALUE
+from compiler.labels.table import LABEL_TABLE, NUM_CLASSES
 from compiler.model.export import export_onnx, quantize_int8
 from compiler.model.from_onnx import unet_from_onnx
 from compiler.model.prune import prune_unet
 from compiler.model.unet import UNet3d, make_unet, widen_input
 from compiler.phantom import make_phantom
-from compiler.train import PatchStream, TrainConfig, bf16_supported, train
+from compiler.train import PatchStream, TrainConfig, bf16_supported, per_class, train
 
 log = logging.getLogger("compiler.build")
 GRAPH_NOTE = ("TensorRT-friendly: Conv+ReLU (BN folded), x2 upsampling as a sub-pixel conv (2x2x2 conv, slices, "
               "depth-to-space transpose; exactly nearest upsample + 3x3x3 conv), opset 17, static shapes")
-
-
-def per_class(default: float, **named: float) -> tuple[float, ...]:
-    """A weight per label value: `default`, except the labels named (`per_class(1.0, airway=10.0)`)."""
-    weights = [default] * NUM_CLASSES
-    for name, w in named.items():
-        weights[VALUE[name]] = w
-    return tuple(weights)
 
 
 @dataclass(frozen=True)
@@ -109,15 +101,16 @@ class Budget:
 # scratch, next to the shipped bundle: compiler/README.md.
 _UNIT = per_class(1.0)
 _AIRWAY_X10 = per_class(1.0, background=0.0, bone=1.5, airway=10.0)
+_AIRWAY_LOSS_X10 = per_class(1.0, airway=10.0)
 FULL_TEACHER_PHASES = (
     TeacherPhase("teacher", 1600, 3e-3, per_class(1.0, background=0.0), _UNIT, "every class sampled alike"),
     TeacherPhase("teacher-continued", 800, 1e-3, per_class(1.0, background=0.0, bone=1.5, airway=3.0), _UNIT,
                  "sampling airway x3, bone x1.5"),
     TeacherPhase("teacher-airway-x4", 400, 1e-3, per_class(1.0, background=0.0, bone=1.5, airway=6.0),
                  per_class(1.0, airway=4.0), "sampling airway x6, loss airway x4"),
-    TeacherPhase("teacher-airway-x10", 400, 1e-3, _AIRWAY_X10, per_class(1.0, airway=10.0),
+    TeacherPhase("teacher-airway-x10", 400, 1e-3, _AIRWAY_X10, _AIRWAY_LOSS_X10,
                  "sampling airway x10, loss airway x10"),
-    TeacherPhase("teacher-final", 400, 1e-3, _AIRWAY_X10, per_class(1.0, airway=10.0),
+    TeacherPhase("teacher-final", 400, 1e-3, _AIRWAY_X10, _AIRWAY_LOSS_X10,
                  "sampling airway x10, loss airway x10, a last cosine cycle"),
 )
 FULL = Budget(

@@ -33,6 +33,14 @@ LR_SWAP = np.arange(NUM_CLASSES, dtype=np.uint8)
 LR_SWAP[[VALUE["lung_left"], VALUE["lung_right"]]] = [VALUE["lung_right"], VALUE["lung_left"]]
 
 
+def per_class(default: float, **named: float) -> tuple[float, ...]:
+    """A weight per label value: `default`, except the labels named (`per_class(1.0, airway=10.0)`)."""
+    weights = [default] * NUM_CLASSES
+    for name, w in named.items():
+        weights[VALUE[name]] = w
+    return tuple(weights)
+
+
 @dataclass
 class TrainConfig:
     patch: tuple[int, int, int] = (48, 48, 48)
@@ -47,14 +55,14 @@ class TrainConfig:
     log_every: int = 50
     label_prior: float = 0.1  # weak plain CE on the given label: where a class is unknown, prefer the label
     # how often a foreground-centred patch picks each class (small structures more often than lungs)
-    class_weights: tuple[float, ...] = (0.0, 1.0, 1.5, 1.0, 1.0, 10.0, 1.0, 1.0, 1.0)
+    class_weights: tuple[float, ...] = per_class(1.0, background=0.0, bone=1.5, airway=10.0)
     # the network's input channels (appliance.inference.normalise.network_input)
     channels: tuple[str, ...] = CHANNELS
     bf16: bool = False  # bfloat16 autocast (2.3x faster on CPUs with AVX512-BF16/AMX; weights stay FP32)
     # per-voxel weight of the cross-entropy by the voxel's label. Pure air is outside air almost
     # everywhere, so an unweighted loss learns "air = background" and never the trachea (measured:
     # airway probability 0.03 on its own training patches after 2400 steps)
-    loss_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 10.0, 1.0, 1.0, 1.0)
+    loss_weights: tuple[float, ...] = per_class(1.0, airway=10.0)
     # how often a patch with contrast in its heart or aorta has it taken out (`remove_contrast`)
     non_contrast: float = 0.3
 
@@ -118,10 +126,14 @@ def remove_contrast(hu: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -
     out = hu
     for value in BLOOD_POOLS:
         pool = lab == value
-        if pool.any() and np.median(hu[pool]) > CONTRAST_HU:
+        if not pool.any():
+            continue
+        lumen = hu[pool]
+        median = np.median(lumen)
+        if median > CONTRAST_HU:
             if out is hu:
                 out = hu.copy()
-            out[pool] = BLOOD_HU + rng.normal(0.0, 8.0) + (hu[pool] - np.median(hu[pool])) * 0.2
+            out[pool] = BLOOD_HU + rng.normal(0.0, 8.0) + (lumen - median) * 0.2
     return out
 
 
@@ -342,4 +354,4 @@ def _save_atomically(path: Path, state: dict) -> None:
 
 
 __all__ = ["ALL_KNOWN", "PatchStream", "TrainConfig", "allowed_mask", "class_masks", "distillation_kl", "marginal_ce",
-           "soft_dice", "supervised_loss", "train"]
+           "per_class", "soft_dice", "supervised_loss", "train"]

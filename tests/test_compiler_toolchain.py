@@ -85,7 +85,7 @@ def test_contrast_removal_gives_an_enhanced_aorta_blood_hu_and_leaves_bone_and_u
 
 
 def test_per_class_weights_name_labels_by_their_value():
-    from compiler.build import per_class
+    from compiler.train import per_class
 
     w = per_class(1.0, background=0.0, airway=10.0)
     assert len(w) == NUM_CLASSES and w[0] == 0.0 and w[VALUE["airway"]] == 10.0
