@@ -28,6 +28,7 @@ from appliance.inference.postprocess import (
     fill_bone_marrow,
     grow_lungs_into_air,
     keep_largest_components,
+    keep_patient,
     keep_single_structures,
     trim_bone_surface,
 )
@@ -248,6 +249,22 @@ def test_bone_loses_one_layer_of_soft_tissue_at_its_surface_but_keeps_dense_surf
     assert ((out == 2) == (hu >= 150)).all() and (out[labels != 2] == 1).all()
     twice = trim_bone_surface(out.copy(), hu, bone=2, host=1)
     assert np.array_equal(twice, out)  # dense cortex now forms the surface: nothing more goes
+
+
+def test_foreground_detached_from_the_patient_becomes_background_whatever_its_label():
+    labels = np.zeros((10, 40, 40), dtype=np.uint8)
+    labels[:, 5:30, 5:30] = 1  # the patient
+    labels[2:8, 10:20, 8:14] = 3  # a lung inside it
+    labels[:, 30:33, 30:33] = 2  # bone touching the patient only at an edge (26-connected) stays
+    labels[3:6, 34:38, 34:38] = 1  # "body" in the air outside (a blanket)
+    labels[8, 36, 2] = 2  # a speck of "bone" there too
+    kept = (labels > 0).copy()
+    kept[3:6, 34:38, 34:38] = False
+    kept[8, 36, 2] = False
+    out = keep_patient(labels.copy())
+    assert np.array_equal(out > 0, kept)
+    assert np.array_equal(out[kept], labels[kept])  # what stays keeps its label
+    assert (keep_patient(np.zeros((3, 3, 3), dtype=np.uint8)) == 0).all()
 
 
 def test_a_bone_island_ringed_by_background_is_the_table_but_a_truncated_arm_stays_bone():

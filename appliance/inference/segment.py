@@ -26,6 +26,7 @@ from appliance.inference.postprocess import (
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
+    keep_patient,
     keep_single_structures,
     trim_bone_surface,
 )
@@ -112,13 +113,15 @@ def segment_array(
 def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed: np.ndarray,
                  table: list[Label], single: list[str], spacing: tuple[float, float, float]) -> None:
     """The post-processing chain of `appliance.inference.postprocess` on one label map, in place, in the
-    order each step needs: organs confined and the airway cut to air before islands are counted, the
+    order each step needs: organs confined, the airway cut to air and the patient's one piece kept
+    before islands are counted, the
     lungs' false islands (specks in bowel gas) removed before the lung bases are found, bowel-gas airway
     dropped before the airway's island is chosen, the lumen filled from the chosen airway."""
     value = {lab.name: lab.value for lab in table}
     confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
                          [lab.value for lab in table if lab.experimental], value["body"], bone=value["bone"])
     airway_is_air(labels, hu, value["airway"], value["body"])
+    keep_patient(labels)
     single_values = {name: value[name] for name in single if name in value}
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k != "airway"})
     drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
