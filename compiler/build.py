@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from appliance.inference.grid import grid_of, lps_grid, resample
 from appliance.inference.normalise import HU_CLIP, HU_SCALE, X_COORD_SCALE_MM, network_input
 from appliance.inference.segment import segment_array
 from compiler.data import ALL_KNOWN, CASES, LabelledVolume, labelled_case, load_ct, shared_data_root
-from compiler.evaluate import agreement, score
+from compiler.evaluate import Miss, QualityTargets, agreement, new_misses, score, target_misses
 from compiler.labels.reference import RULES_VERSION
 from compiler.labels.table import LABEL_TABLE, NUM_CLASSES
 from compiler.model.export import export_onnx, quantize_int8
@@ -250,6 +250,12 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
             row["int8_vs_fp32"] = agreement(preds["int8"], preds["fp32"])
             evaluation["cases"][f"{mode}/{lv.name}"] = row
             log.info("event=evaluated mode=%s case=%s result=%s", mode, lv.name, json.dumps(row))
+    targets = QualityTargets()
+    misses = target_misses(evaluation["cases"], targets)
+    evaluation["targets"] = {**asdict(targets), "misses": [str(m) for m in misses]}
+    for miss in misses:
+        log.warning("event=quality_target_missed what=%s", json.dumps(str(miss)))
+    log.info("event=quality_targets met=%s misses=%d", not misses, len(misses))
     return evaluation
 
 
@@ -365,9 +371,25 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
                     "training": report, "seconds": round(time.monotonic() - t_start, 1), "cpu": cpu_fingerprint(),
                     "note": GRAPH_NOTE},
     )
+    compare_with_published(out, evaluation)
     _publish(tmp, out, manifest)
     log.info("event=bundle_written path=%s seconds=%.0f", out, time.monotonic() - t_start)
     return out
+
+
+def compare_with_published(out: Path, evaluation: dict) -> list[Miss]:
+    """Log the targets this build misses that the bundle it replaces at `out` met (git still holds that
+    one): the rebuild should be committed only when there are none."""
+    previous = out / "manifest.json"
+    if not previous.exists():
+        return []
+    targets = QualityTargets()
+    old = target_misses(json.loads(previous.read_text())["evaluation"].get("cases", {}), targets)
+    worse = new_misses(target_misses(evaluation["cases"], targets), old)
+    for miss in worse:
+        log.warning("event=missed_where_replaced_bundle_met what=%s", json.dumps(str(miss)))
+    log.info("event=compared_with_replaced_bundle path=%s new_misses=%d", out, len(worse))
+    return worse
 
 
 def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, work: Path,

@@ -2,9 +2,13 @@
 voxels whose reference is authoritative for that class, plus INT8-vs-FP32 agreement.
 
 Runs the appliance's own inference path (ONNX Runtime, sliding window) so what is measured is what ships.
+`target_misses` holds the scores against what the product claims, so a rebuild says itself whether it
+may replace the shipped bundle.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -53,3 +57,59 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         if d is not None:
             out[spec.name] = round(d, 4)
     return out
+
+
+@dataclass(frozen=True)
+class QualityTargets:
+    """What the product claims on held-out real CT (issue 5): Dice per validated class, INT8 within
+    `int8_within` of FP32, the student within `student_within` of its teacher."""
+
+    min_dice: dict[str, float] = field(default_factory=lambda: {
+        "body": 0.98, "lung_left": 0.97, "lung_right": 0.97, "bone": 0.90, "airway": 0.85})
+    int8_within: float = 0.01
+    student_within: float = 0.02
+
+
+@dataclass(frozen=True)
+class Miss:
+    """One held-out score that misses a target: below `bound` (kind "dice"), or `bound` is what it had
+    to stay within of (FP32 for kind "int8_drop", the teacher for kind "student_gap")."""
+
+    case: str  # "mode/case"
+    which: str  # fp32 | int8
+    label: str
+    kind: str
+    dice: float
+    bound: float
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return self.case, self.which, self.label, self.kind
+
+    def __str__(self) -> str:
+        than = {"dice": "<", "int8_drop": "too far below fp32", "student_gap": "too far below the teacher"}
+        return f"{self.case} {self.which} {self.label} dice {self.dice:.4f} {than[self.kind]} {self.bound}"
+
+
+def target_misses(cases: dict[str, dict], targets: QualityTargets) -> list[Miss]:
+    """Every score in an evaluation's `cases` ("mode/case" -> {teacher, fp32, int8: {class: {dice}}})
+    that misses `targets`. A mode that ships its teacher has equal teacher and FP32 rows."""
+    misses = []
+    for key, row in cases.items():
+        for cls, minimum in targets.min_dice.items():
+            d = {which: (row.get(which, {}).get(cls) or {}).get("dice") for which in ("teacher", "fp32", "int8")}
+            for which in ("fp32", "int8"):
+                if d[which] is not None and d[which] < minimum:
+                    misses.append(Miss(key, which, cls, "dice", d[which], minimum))
+            if None not in (d["fp32"], d["int8"]) and d["int8"] < d["fp32"] - targets.int8_within:
+                misses.append(Miss(key, "int8", cls, "int8_drop", d["int8"], d["fp32"]))
+            if None not in (d["teacher"], d["fp32"]) and d["fp32"] < d["teacher"] - targets.student_within:
+                misses.append(Miss(key, "fp32", cls, "student_gap", d["fp32"], d["teacher"]))
+    return misses
+
+
+def new_misses(candidate: list[Miss], shipped: list[Miss]) -> list[Miss]:
+    """The candidate's misses the shipped bundle does not have: a rebuild may replace the shipped bundle
+    when there are none."""
+    known = {m.key for m in shipped}
+    return [m for m in candidate if m.key not in known]

@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch", reason="the model toolchain needs the `mode
 
 from appliance.inference.backends import choose_backend  # noqa: E402
 from appliance.inference.bundle import load_bundle  # noqa: E402
-from compiler.build import SMOKE, build, reexport  # noqa: E402
+from compiler.build import SMOKE, build, compare_with_published, reexport  # noqa: E402
+from compiler.evaluate import QualityTargets, new_misses, target_misses  # noqa: E402
 from compiler.labels.table import NUM_CLASSES, VALUE  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.from_onnx import unet_from_onnx  # noqa: E402
@@ -45,6 +46,7 @@ def test_smoke_build_runs_every_stage_and_writes_a_verified_bundle(smoke_bundle)
     assert m.evaluation["cases"], "the held-out evaluation must run"
     row = next(iter(m.evaluation["cases"].values()))
     assert {"teacher", "fp32", "int8", "int8_vs_fp32"} <= set(row)
+    assert m.evaluation["targets"]["min_dice"]["body"] == 0.98 and isinstance(m.evaluation["targets"]["misses"], list)
     assert [lab.name for lab in m.labels][:5] == ["body", "bone", "lung_left", "lung_right", "airway"]
 
 
@@ -82,6 +84,27 @@ def test_contrast_removal_gives_an_enhanced_aorta_blood_hu_and_leaves_bone_and_u
     assert abs(float(np.median(out[aorta])) - BLOOD_HU) < 30
     assert np.array_equal(out[~aorta], hu[~aorta])
     assert float(np.median(hu[aorta])) > 300  # the input is not modified
+
+
+def test_quality_targets_list_each_low_score_int8_drop_and_student_gap_and_nothing_that_meets_them(tmp_path):
+    def row(teacher, fp32, int8):
+        return {which: {"lung_left": {"dice": d, "hd95_mm": 3.0}} for which, d in
+                (("teacher", teacher), ("fp32", fp32), ("int8", int8))}
+
+    cases = {"preview/good": row(0.99, 0.98, 0.975), "preview/low": row(0.97, 0.96, 0.96),
+             "preview/int8": row(0.99, 0.99, 0.975), "preview/student": row(0.995, 0.972, 0.971),
+             "full/no_lung": {"teacher": {}, "fp32": {}, "int8": {}}}
+    misses = target_misses(cases, QualityTargets())
+    assert [str(m) for m in misses] == [
+        "preview/low fp32 lung_left dice 0.9600 < 0.97", "preview/low int8 lung_left dice 0.9600 < 0.97",
+        "preview/int8 int8 lung_left dice 0.9750 too far below fp32 0.99",
+        "preview/student fp32 lung_left dice 0.9720 too far below the teacher 0.995"]
+    # a rebuild is measured against the bundle it replaces: only what that one met counts against it
+    shipped = target_misses({"preview/low": row(0.97, 0.965, 0.965)}, QualityTargets())
+    assert [m.case for m in new_misses(misses, shipped)] == ["preview/int8", "preview/student"]
+    assert compare_with_published(tmp_path, {"cases": cases}) == []  # nothing published there yet
+    (tmp_path / "manifest.json").write_text(json.dumps({"evaluation": {"cases": {"preview/low": row(0.97, 0.965, 0.965)}}}))
+    assert [m.case for m in compare_with_published(tmp_path, {"cases": cases})] == ["preview/int8", "preview/student"]
 
 
 def test_per_class_weights_name_labels_by_their_value():
