@@ -36,7 +36,7 @@ from appliance.inference.grid import grid_of, lps_grid, resample
 from appliance.inference.normalise import HU_CLIP, HU_SCALE, X_COORD_SCALE_MM, network_input
 from appliance.inference.segment import segment_array
 from compiler.data import ALL_KNOWN, CASES, LabelledVolume, labelled_case, load_ct, shared_data_root
-from compiler.evaluate import Miss, QualityTargets, agreement, new_misses, score, target_misses
+from compiler.evaluate import TARGETS, Miss, agreement, new_misses, score, target_misses
 from compiler.labels.reference import RULES_VERSION
 from compiler.labels.table import LABEL_TABLE, NUM_CLASSES
 from compiler.model.export import export_onnx, quantize_int8
@@ -250,9 +250,8 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
             row["int8_vs_fp32"] = agreement(preds["int8"], preds["fp32"])
             evaluation["cases"][f"{mode}/{lv.name}"] = row
             log.info("event=evaluated mode=%s case=%s result=%s", mode, lv.name, json.dumps(row))
-    targets = QualityTargets()
-    misses = target_misses(evaluation["cases"], targets)
-    evaluation["targets"] = {**asdict(targets), "misses": [str(m) for m in misses]}
+    misses = target_misses(evaluation["cases"], TARGETS)
+    evaluation["targets"] = {**asdict(TARGETS), "misses": [str(m) for m in misses]}
     for miss in misses:
         log.warning("event=quality_target_missed what=%s", json.dumps(str(miss)))
     log.info("event=quality_targets met=%s misses=%d", not misses, len(misses))
@@ -383,9 +382,8 @@ def compare_with_published(out: Path, evaluation: dict) -> list[Miss]:
     previous = out / "manifest.json"
     if not previous.exists():
         return []
-    targets = QualityTargets()
-    old = target_misses(json.loads(previous.read_text())["evaluation"].get("cases", {}), targets)
-    worse = new_misses(target_misses(evaluation["cases"], targets), old)
+    old = target_misses(json.loads(previous.read_text())["evaluation"].get("cases", {}), TARGETS)
+    worse = new_misses(target_misses(evaluation["cases"], TARGETS), old)
     for miss in worse:
         log.warning("event=missed_where_replaced_bundle_met what=%s", json.dumps(str(miss)))
     log.info("event=compared_with_replaced_bundle path=%s new_misses=%d", out, len(worse))

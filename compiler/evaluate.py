@@ -70,6 +70,9 @@ class QualityTargets:
     student_within: float = 0.02
 
 
+TARGETS = QualityTargets()  # the one set every evaluation and every comparison of bundles is held to
+
+
 @dataclass(frozen=True)
 class Miss:
     """One held-out score that misses a target: below `bound` (kind "dice"), or `bound` is what it had

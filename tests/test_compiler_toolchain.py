@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="the model toolchain needs the `mode
 from appliance.inference.backends import choose_backend  # noqa: E402
 from appliance.inference.bundle import load_bundle  # noqa: E402
 from compiler.build import SMOKE, build, compare_with_published, reexport  # noqa: E402
-from compiler.evaluate import QualityTargets, new_misses, target_misses  # noqa: E402
+from compiler.evaluate import TARGETS, new_misses, target_misses  # noqa: E402
 from compiler.labels.table import NUM_CLASSES, VALUE  # noqa: E402
 from compiler.model.export import export_onnx  # noqa: E402
 from compiler.model.from_onnx import unet_from_onnx  # noqa: E402
@@ -94,13 +94,13 @@ def test_quality_targets_list_each_low_score_int8_drop_and_student_gap_and_nothi
     cases = {"preview/good": row(0.99, 0.98, 0.975), "preview/low": row(0.97, 0.96, 0.96),
              "preview/int8": row(0.99, 0.99, 0.975), "preview/student": row(0.995, 0.972, 0.971),
              "full/no_lung": {"teacher": {}, "fp32": {}, "int8": {}}}
-    misses = target_misses(cases, QualityTargets())
+    misses = target_misses(cases, TARGETS)
     assert [str(m) for m in misses] == [
         "preview/low fp32 lung_left dice 0.9600 < 0.97", "preview/low int8 lung_left dice 0.9600 < 0.97",
         "preview/int8 int8 lung_left dice 0.9750 too far below fp32 0.99",
         "preview/student fp32 lung_left dice 0.9720 too far below the teacher 0.995"]
     # a rebuild is measured against the bundle it replaces: only what that one met counts against it
-    shipped = target_misses({"preview/low": row(0.97, 0.965, 0.965)}, QualityTargets())
+    shipped = target_misses({"preview/low": row(0.97, 0.965, 0.965)}, TARGETS)
     assert [m.case for m in new_misses(misses, shipped)] == ["preview/int8", "preview/student"]
     assert compare_with_published(tmp_path, {"cases": cases}) == []  # nothing published there yet
     (tmp_path / "manifest.json").write_text(json.dumps({"evaluation": {"cases": {"preview/low": row(0.97, 0.965, 0.965)}}}))
