@@ -18,6 +18,7 @@ from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
+    airway_beside_lumen,
     airway_is_air,
     confine_experimental,
     drop_bone_outside_patient,
@@ -185,6 +186,20 @@ def test_airway_the_network_painted_on_soft_tissue_becomes_body_and_its_air_stay
     labels = np.full((1, 1, 4), 5, dtype=np.uint8)
     hu = np.array([[[-1000.0, -450.0, -350.0, 60.0]]], dtype=np.float32)
     assert airway_is_air(labels, hu, airway=5, host=1).ravel().tolist() == [5, 5, 1, 1]
+
+
+def test_airway_that_touches_no_pure_air_is_the_lung_around_it_and_the_lumen_with_its_wall_stays_airway():
+    labels = np.ones((6, 20, 20), dtype=np.uint8)  # body
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)
+    labels[:, 2:18, 1:12], hu[:, 2:18, 1:12] = 3, -850.0  # left lung
+    labels[:, 8:12, 12:18], hu[:, 8:12, 12:18] = 5, -600.0  # the trachea's wall, painted airway
+    hu[:, 9:11, 14:16] = -1000.0  # its lumen
+    labels[:, 9:11, 4:12] = 5  # lung beside the trachea painted airway (-850 HU, no lumen)
+    out = airway_beside_lumen(labels.copy(), hu, airway=5)
+    assert (out[:, 8:12, 13:17] == 5).all()  # the lumen and the wall that touches it
+    assert (out[:, 9:11, 4:12] == 3).all()  # the painted lung is lung again
+    assert (out[:, 8:12, 12] == 3).all() and (out[:, 8:12, 17] == 1).all()  # wall a voxel off the lumen: surroundings
+    assert (out[labels != 5] == labels[labels != 5]).all()
 
 
 def test_an_airway_island_below_the_lung_bases_or_without_pure_air_goes_back_to_its_surroundings():

@@ -36,6 +36,14 @@ lumen: 95% of its voxels are below -900 HU). The student also painted soft tissu
 border as airway, connected to the trachea through the bronchi (147 ml of "airway" at 3 mm on the CTA
 case, median 83 HU); tissue denser than air (-400 HU, the enclosed-air threshold) is body, never
 airway (airway Dice there 0.30 -> 0.52; on the held-out chest no change).
+The airway is its lumen and the wall that touches it: airway with no pure air (below -950 HU) among its
+26 neighbours takes the label around it, the lung as a rule. At 3 mm 1041 of the reference's 1046 airway
+voxels on the held-out chest touch pure air; networks rebuilt from scratch painted the left lung beside
+the left main bronchus airway (750 voxels, median -809 HU, up to 40 mm from the reference airway), joined
+to the trachea, so no island rule could drop it. Measured (airway Dice at 3 mm): on the CTA training case
+the shipped preview student 0.59 -> 0.83, a rebuilt teacher 0.42 -> 0.83; on the held-out chest the
+shipped student and teacher unchanged (0.882, 0.923), a rebuilt teacher 0.61 -> 0.80 and its students
+0.66 -> 0.79 and 0.69 -> 0.83. Lungs move by at most 0.005 either way.
 
 An airway island that lies wholly below the lungs is gas in the bowel or the stomach, never the trachea:
 on the held-out abdomen (no trachea in the field of view) the airway the network kept was a 28 ml pocket
@@ -227,6 +235,20 @@ def airway_is_air(labels: np.ndarray, hu: np.ndarray, airway: int, host: int) ->
     """Airway voxels denser than air (`ENCLOSED_AIR_HU`) become `host` (module docstring). Modified in
     place and returned."""
     labels[(labels == airway) & (hu >= ENCLOSED_AIR_HU)] = host
+    return labels
+
+
+def airway_beside_lumen(labels: np.ndarray, hu: np.ndarray, airway: int) -> np.ndarray:
+    """Airway voxels with no pure air (`PURE_AIR_HU`) in their 26-neighbourhood, themselves included,
+    take the label that surrounds them most (module docstring). Modified in place and returned."""
+    mask = labels == airway
+    if not mask.any():
+        return labels
+    box = _bbox(mask, margin=1)
+    lumen = ndimage.binary_dilation(hu[box] < PURE_AIR_HU, structure=_FULLY_CONNECTED)
+    far = mask[box] & ~lumen
+    comp, n = ndimage.label(far, structure=_FULLY_CONNECTED)
+    _relabel_islands(labels[box], comp, range(1, n + 1), airway)
     return labels
 
 

@@ -17,6 +17,7 @@ from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
+    airway_beside_lumen,
     airway_is_air,
     confine_experimental,
     drop_bone_outside_patient,
@@ -121,6 +122,7 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
                          [lab.value for lab in table if lab.experimental], value["body"], bone=value["bone"])
     airway_is_air(labels, hu, value["airway"], value["body"])
+    airway_beside_lumen(labels, hu, value["airway"])
     keep_patient(labels)
     single_values = {name: value[name] for name in single if name in value}
     keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k != "airway"})
