@@ -36,6 +36,7 @@ lumen: 95% of its voxels are below -900 HU). The student also painted soft tissu
 border as airway, connected to the trachea through the bronchi (147 ml of "airway" at 3 mm on the CTA
 case, median 83 HU); tissue denser than air (-400 HU, the enclosed-air threshold) is body, never
 airway (airway Dice there 0.30 -> 0.52; on the held-out chest no change).
+
 The airway is its lumen and the wall that touches it: airway with no pure air (below -950 HU) among its
 26 neighbours takes the label around it, the lung as a rule. At 3 mm 1041 of the reference's 1046 airway
 voxels on the held-out chest touch pure air; networks rebuilt from scratch painted the left lung beside

@@ -114,9 +114,9 @@ def segment_array(
 def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed: np.ndarray,
                  table: list[Label], single: list[str], spacing: tuple[float, float, float]) -> None:
     """The post-processing chain of `appliance.inference.postprocess` on one label map, in place, in the
-    order each step needs: organs confined, the airway cut to air and the patient's one piece kept
-    before islands are counted, the lungs' false islands (specks in bowel gas) removed before the lung
-    bases are found, bowel-gas airway dropped before the airway's island is chosen, the lumen filled from
+    order each step needs: organs confined, the airway cut to air beside its lumen and the patient's
+    one piece kept before islands are counted, the lungs' false islands (specks in bowel gas) removed
+    before the lung bases are found, bowel-gas airway dropped before the airway's island is chosen, the lumen filled from
     the chosen airway."""
     value = {lab.name: lab.value for lab in table}
     confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
