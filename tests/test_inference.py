@@ -32,6 +32,7 @@ from appliance.inference.postprocess import (
     keep_patient,
     keep_single_structures,
     trim_bone_surface,
+    trim_lung_surface,
 )
 from appliance.inference.segment import segment_array
 from appliance.inference.sliding import gaussian_weights, sliding_window, window_starts
@@ -264,6 +265,24 @@ def test_bone_loses_one_layer_of_soft_tissue_at_its_surface_but_keeps_dense_surf
     assert ((out == 2) == (hu >= 150)).all() and (out[labels != 2] == 1).all()
     twice = trim_bone_surface(out.copy(), hu, bone=2, host=1)
     assert np.array_equal(twice, out)  # dense cortex now forms the surface: nothing more goes
+
+
+def test_lung_loses_one_layer_of_partial_volume_at_its_surface_but_keeps_aerated_surface_and_consolidation():
+    labels = np.ones((10, 24, 24), dtype=np.uint8)
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)
+    labels[1:9, 2:22, 2:22] = 3  # lung painted a voxel too far into the chest wall
+    hu[1:9, 2:22, 2:22] = -300.0  # that voxel: partial volume, more tissue than air
+    hu[2:8, 3:21, 3:21] = -850.0  # aerated lung
+    hu[2:8, 3:21, 3:7] = 30.0  # consolidation reaching the chest wall...
+    hu[1:9, 2:22, 2:7] = 30.0  # ...painted as lung to the surface: tissue, kept
+    hu[4, 12, 12] = -200.0  # a vessel inside the lung is not surface
+    out = trim_lung_surface(labels.copy(), hu, lungs=(3, 4), host=1)
+    assert (out[2:8, 3:21, 3:21] == 3).all() and out[4, 12, 12] == 3
+    assert (out[1:9, 2:22, 2:7] == 3).all()
+    trimmed = (labels == 3) & (out != 3)
+    assert trimmed.any() and (out[trimmed] == 1).all() and (hu[trimmed] == -300.0).all()
+    assert np.array_equal(trimmed, (labels == 3) & (hu == -300.0))
+    assert np.array_equal(trim_lung_surface(out.copy(), hu, lungs=(3, 4), host=1), out)  # aerated surface now
 
 
 def test_foreground_detached_from_the_patient_becomes_background_whatever_its_label():

@@ -1,7 +1,8 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
 sliding window, argmax, post-processing (experimental organs confined to soft tissue, one component of
 single-structure organs, an airway of air above the lungs with its lumen, bone marrow, no bone without
-cortex); the result lives on the model grid with its affine (`SegmentationResult`)."""
+cortex, lungs without their partial-volume rim); the result lives on the model grid with its affine
+(`SegmentationResult`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from appliance.inference.postprocess import (
     keep_patient,
     keep_single_structures,
     trim_bone_surface,
+    trim_lung_surface,
 )
 from appliance.inference.sliding import sliding_window
 
@@ -117,7 +119,7 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     order each step needs: organs confined, the airway cut to air beside its lumen and the patient's
     one piece kept before islands are counted, the lungs' false islands (specks in bowel gas) removed
     before the lung bases are found, bowel-gas airway dropped before the airway's island is chosen, the lumen filled from
-    the chosen airway."""
+    the chosen airway, the lungs' partial-volume rim trimmed before they grow through enclosed air."""
     value = {lab.name: lab.value for lab in table}
     confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
                          [lab.value for lab in table if lab.experimental], value["body"], bone=value["bone"])
@@ -135,4 +137,5 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
     drop_bone_without_cortex(labels, hu, value["bone"], spacing)
     trim_bone_surface(labels, hu, value["bone"], value["body"])
+    trim_lung_surface(labels, hu, (value["lung_left"], value["lung_right"]), value["body"])
     grow_lungs_into_air(labels, hu, enclosed, (value["lung_left"], value["lung_right"]), (0, value["body"]), spacing)
