@@ -291,7 +291,7 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
 
 
 def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int = 0,
-          teacher_from: Path | None = None) -> Path:
+          teacher_from: Path | None = None, compare_with: Path | None = None) -> Path:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t_start = time.monotonic()
@@ -370,23 +370,23 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
                     "training": report, "seconds": round(time.monotonic() - t_start, 1), "cpu": cpu_fingerprint(),
                     "note": GRAPH_NOTE},
     )
-    compare_with_published(out, evaluation)
+    compare_with_published(compare_with or out, evaluation)
     _publish(tmp, out, manifest)
     log.info("event=bundle_written path=%s seconds=%.0f", out, time.monotonic() - t_start)
     return out
 
 
-def compare_with_published(out: Path, evaluation: dict) -> list[Miss]:
-    """Log the targets this build misses that the bundle it replaces at `out` met (git still holds that
-    one): the rebuild should be committed only when there are none."""
-    previous = out / "manifest.json"
+def compare_with_published(baseline: Path, evaluation: dict) -> list[Miss]:
+    """Log the targets this build misses that the bundle at `baseline` met (the one it replaces at --out,
+    which git still holds, or --compare-with): the rebuild should be committed only when there are none."""
+    previous = baseline / "manifest.json"
     if not previous.exists():
         return []
     old = target_misses(json.loads(previous.read_text())["evaluation"].get("cases", {}), TARGETS)
     worse = new_misses(target_misses(evaluation["cases"], TARGETS), old)
     for miss in worse:
         log.warning("event=missed_where_replaced_bundle_met what=%s", json.dumps(str(miss)))
-    log.info("event=compared_with_replaced_bundle path=%s new_misses=%d", out, len(worse))
+    log.info("event=compared_with_replaced_bundle path=%s new_misses=%d", baseline, len(worse))
     return worse
 
 
@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                         "not) and republish the bundle at --out")
     p.add_argument("--teacher-from", type=Path, default=None,
                    help="reuse a teacher: a checkpoint (teacher.pt) or the FP32 file of a bundle mode that ships it")
+    p.add_argument("--compare-with", type=Path, default=None,
+                   help="the bundle a rebuild must meet every target of (default: the one at --out), e.g. "
+                        "models/ct_chest when building a candidate elsewhere")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     budget = SMOKE if args.smoke else FULL
@@ -530,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reexport:
         reexport(args.out, budget, args.work, threads=args.threads)
         return 0
-    build(args.out, budget, args.work, threads=args.threads, seed=args.seed, teacher_from=args.teacher_from)
+    build(args.out, budget, args.work, threads=args.threads, seed=args.seed, teacher_from=args.teacher_from,
+          compare_with=args.compare_with)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -232,9 +233,13 @@ def test_a_teacher_recovered_from_its_exported_file_computes_what_the_checkpoint
     assert all(float(layer.bn.weight.min()) > 0 for layer in recovered.layers.values())
 
 
-def test_a_build_can_distil_a_new_student_from_the_teacher_a_bundle_ships(smoke_bundle, tmp_path):
+def test_a_build_can_distil_a_new_student_from_the_teacher_a_bundle_ships(smoke_bundle, tmp_path, caplog):
     teacher_file = smoke_bundle.parent / "work" / "teacher.preview.onnx"
-    out = build(tmp_path / "bundle", SMOKE, tmp_path / "work", threads=1, teacher_from=teacher_file)
+    caplog.set_level(logging.INFO, logger="compiler.build")
+    out = build(tmp_path / "bundle", SMOKE, tmp_path / "work", threads=1, teacher_from=teacher_file,
+                compare_with=smoke_bundle)
+    # a candidate built beside the shipped bundle is still judged against it
+    assert f"event=compared_with_replaced_bundle path={smoke_bundle} " in caplog.text
     stages = load_bundle(out).manifest.provenance["training"]["stages"]
     assert {"stage": "teacher", "steps": 0, "reused": "teacher.preview.onnx"} in stages
     assert [st["stage"] for st in stages if st["steps"]][-2:] == ["student", "finetune"]
