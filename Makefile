@@ -57,8 +57,8 @@ bench: system-deps $(VENV)/.stamp-bench
 # INT8, evaluation. Measured from scratch on 2 Zen 5 cores with native bf16: 63 min (teacher 46, student and
 # fine-tuning 13, export and evaluation 4), at 0.7-0.9 s per teacher step; on 2 Zen 4 cores (AVX512-BF16)
 # 77 min (teacher 55, student and fine-tuning 18, labels 2, export and evaluation 3), 0.95-1.08 s per teacher
-# step; on 2 Intel Xeon cores with AMX-BF16 0.70-0.83 s per teacher step (teacher 44 min, student and
-# fine-tuning 15.5 min: about 65 min in all). Where bf16 is not native it trains in FP32: a 2-core Zen 2
+# step; on 2 Intel Xeon cores with AMX-BF16 0.62-0.83 s per teacher step (teacher 39-44 min, student and
+# fine-tuning 15-15.5 min: 59-65 min in all). Where bf16 is not native it trains in FP32: a 2-core Zen 2
 # took 2.8-3.6 s per teacher step, so about 4 h there.
 # Each training stage checkpoints into build/model every 100 steps: run it again after a kill or a
 # reboot and it resumes where it stopped.
