@@ -77,24 +77,6 @@ def _tube(grid, p0, p1, radius: float) -> np.ndarray:
     return dist2 <= radius * radius
 
 
-def _marrow_texture(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """Cancellous bone HU: a per-phantom level (100-300 HU, where enhanced soft tissue also lies) with
-    trabecular texture (noise averaged over 3 voxels per axis, about 25 HU)."""
-    field = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
-    for axis in range(3):
-        field = (np.roll(field, 1, axis) + field + np.roll(field, -1, axis)) / 3.0
-    return float(rng.uniform(100.0, 300.0)) + 25.0 / 0.19 * field  # 0.19: the std of averaged unit noise
-
-
-def _cortical_bone(hu: np.ndarray, labels: np.ndarray, bone: np.ndarray, marrow: np.ndarray, cortex_hu: float,
-                   marrow_hu: np.ndarray) -> None:
-    """A bone: `bone` is cortex at `cortex_hu` except its `marrow`, which takes `marrow_hu`; all of it is bone."""
-    hu[bone] = cortex_hu
-    inner = marrow & bone
-    hu[inner] = marrow_hu[inner]
-    labels[bone] = LABELS["bone"]
-
-
 def make_phantom(
     shape: tuple[int, int, int] = (96, 128, 128),
     spacing: tuple[float, float, float] = (2.5, 2.5, 2.5),
@@ -104,8 +86,7 @@ def make_phantom(
     contrast: bool = True,
     origin: tuple[float, float, float] | None = None,
 ) -> Phantom:
-    """A chest/upper-abdomen phantom with shoulders; sizes and positions vary with `seed`, anatomy scales
-    with the FOV.
+    """A chest/upper-abdomen phantom; sizes and positions vary with `seed`, anatomy scales with the FOV.
 
     Labels are exact (assigned before noise). The table under the body is left as background (0).
     """
@@ -182,22 +163,17 @@ def make_phantom(
             v = _tube(grid, p0, p1, vessel_r) & lungs[name]
             hu[v] = 40.0
 
-    # spine: vertebral bodies (thin cortex and endplates around cancellous marrow) behind the heart,
-    # discs between. Bone draws its own random numbers so the other structures keep theirs.
-    bone_rng = np.random.default_rng((seed, 7))
-    marrow_hu = _marrow_texture(shape, bone_rng)
-    cortex = max(float(bone_rng.uniform(1.5, 3.0)), max(sy, sx))  # mm, at least a voxel: a closed ring
+    # spine: vertebral bodies (cortex + marrow) behind the heart, discs between
     spine_y, spine_x = cy + 0.55 * ay, 0.0
     vert_r = 0.16 * ay * jitter()
     cyl = (y - spine_y) ** 2 + (x - spine_x) ** 2
     level = 25.0 * jitter(0.05)  # mm per vertebra
-    in_level = np.mod(z, level)
-    disc = in_level < 0.2 * level
+    disc = np.mod(z, level) < 0.2 * level
     vertebra = np.broadcast_to(cyl <= vert_r**2, shape) & ~np.broadcast_to(disc, shape)
-    endplate = max(cortex, sz)
-    inside = (in_level >= 0.2 * level + endplate) & (in_level < level - endplate)
-    marrow = np.broadcast_to((cyl <= max(vert_r - cortex, 0.5 * vert_r) ** 2) & inside, shape) & vertebra
-    _cortical_bone(hu, labels, vertebra, marrow, 800.0 + 200.0 * rng.uniform(), marrow_hu)
+    marrow = np.broadcast_to(cyl <= (0.7 * vert_r) ** 2, shape) & vertebra
+    hu[vertebra] = 800.0 + 200.0 * rng.uniform()
+    hu[marrow] = 200.0
+    labels[vertebra] = LABELS["bone"]
     # spinous process: a posterior bar per vertebra
     spinous_any = (
         np.broadcast_to(
@@ -217,38 +193,6 @@ def make_phantom(
     ribs = np.broadcast_to(rib_levels, shape) & np.broadcast_to(shell, shape)
     hu[ribs] = 700.0 + 300.0 * rng.uniform()
     labels[ribs] = LABELS["bone"]
-
-    # sternum: an anterior midline bar over the rib zone, cortex around marrow
-    st_y0, st_y1 = cy - 0.82 * ay, cy - 0.72 * ay
-    st_x = 0.12 * ax * jitter()
-    st_z0, st_z1 = lung_z - 0.6 * lung_rz, lung_z + 0.7 * lung_rz
-    sternum = np.broadcast_to((y >= st_y0) & (y <= st_y1) & (np.abs(x) <= st_x) & (z >= st_z0) & (z <= st_z1),
-                              shape) & body
-    st_marrow = np.broadcast_to(
-        (y >= st_y0 + cortex) & (y <= st_y1 - cortex) & (np.abs(x) <= st_x - cortex)
-        & (z >= st_z0 + max(cortex, sz)) & (z <= st_z1 - max(cortex, sz)), shape)
-    _cortical_bone(hu, labels, sternum, st_marrow, float(bone_rng.uniform(500.0, 900.0)), marrow_hu)
-
-    # shoulders: a humeral head and neck each side, lateral to the lung apex, in soft tissue joined to the
-    # body (the marrow of humeral heads was the largest bone error of rebuilt networks on a real chest)
-    head_r = 0.11 * ax * float(bone_rng.uniform(0.9, 1.1))
-    head_z = lung_z + float(bone_rng.uniform(0.3, 0.6)) * lung_rz
-    for side in (1.0, -1.0):
-        head = (head_z, cy - float(bone_rng.uniform(0.0, 0.2)) * ay,
-                side * (0.48 * ax + lung_rx + head_r + 4.0))
-        foot = (head_z - 2.5 * head_r, head[1], head[2] + side * 0.3 * head_r)
-        neck_r = 0.5 * head_r
-        joint = (head_z, head[1], side * 0.7 * ax)  # the shoulder joins the torso
-        tissue = (_ellipsoid(grid, head, (2.0 * head_r, head_r + 12.0, head_r + 10.0))
-                  | _tube(grid, joint, head, head_r + 8.0) | _tube(grid, head, foot, neck_r + 12.0))
-        outside = tissue & (labels == LABELS["background"])
-        hu[outside | (tissue & fat)] = 40.0
-        labels[outside] = LABELS["body"]
-        humerus = _ellipsoid(grid, head, (head_r,) * 3) | _tube(grid, head, foot, neck_r)
-        humerus &= labels == LABELS["body"]
-        h_marrow = (_ellipsoid(grid, head, (head_r - cortex,) * 3) | _tube(grid, head, foot, neck_r - cortex))
-        _cortical_bone(hu, labels, humerus, h_marrow & humerus, float(bone_rng.uniform(500.0, 900.0)),
-                       marrow_hu)
 
     # aorta: ascending from the heart, arch, descending left of the spine
     ao_r = max(0.07 * ay * jitter(), 1.5 * min(sy, sx))
