@@ -9,6 +9,7 @@ stage on tiny phantoms in well under a minute (the CI proof that the toolchain w
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import logging
@@ -39,6 +40,7 @@ from compiler.data import ALL_KNOWN, CASES, LabelledVolume, labelled_case, load_
 from compiler.evaluate import TARGETS, Miss, agreement, new_misses, score, target_misses
 from compiler.labels.reference import RULES_VERSION
 from compiler.labels.table import LABEL_TABLE, NUM_CLASSES
+from compiler.model.average import average_states, recompute_batchnorm
 from compiler.model.export import export_onnx, quantize_int8
 from compiler.model.from_onnx import unet_from_onnx
 from compiler.model.prune import prune_unet
@@ -89,6 +91,10 @@ class Budget:
     calib_patches: int
     # mode -> overlap of its sliding windows (0.25 where not named)
     overlap: dict[str, float] = field(default_factory=dict)
+    # teacher phases whose endpoints are averaged into the teacher (`model.average`; none: the last
+    # phase's weights as they are), and the training batches its BatchNorm statistics are measured on
+    teacher_average: tuple[str, ...] = ()
+    bn_batches: int = 60
 
 
 # The shipped teacher's history (its manifest's provenance.training.stages), one phase each: bone and lungs
@@ -321,14 +327,20 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
         teacher.eval()
     else:
         teacher = make_unet(budget.teacher_base, budget.depth, NUM_CLASSES, len(cfg.channels))
+        endpoints: list[dict[str, torch.Tensor]] = []
         for i, phase in enumerate(budget.teacher_phases):
             pcfg = replace(cfg, steps=phase.steps, lr=phase.lr, seed=seed + 10 * i, class_weights=phase.class_weights,
                            loss_weights=phase.loss_weights, log_every=max(1, phase.steps // 20))
             stats = train(teacher, PatchStream(train_vols, pcfg, weights), pcfg, stage=phase.stage,
                           checkpoint=work / f"{phase.stage}.ckpt")
             report["stages"].append(stats | {"lr": phase.lr, "note": phase.note})
+            if phase.stage in budget.teacher_average:
+                endpoints.append(copy.deepcopy(teacher.state_dict()))
+        if endpoints:
+            report["stages"].append(_average_teacher(teacher, endpoints, budget, train_vols, weights,
+                                                     replace(pcfg, seed=seed + 999)))
     torch.save({"config": teacher.config(), "state": teacher.state_dict(),
-                "stages": [st for st in report["stages"] if st["stage"].startswith("teacher") and st["steps"]]},
+                "stages": [st for st in report["stages"] if st["stage"].startswith("teacher") and (st["steps"] or "averaged" in st)]},
                work / "teacher.pt")
     # 3. student: the teacher pruned by channel importance, distilled from the teacher's soft outputs
     #    (plus hard labels) with BN sparsity so that it can be pruned again
@@ -374,6 +386,21 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     _publish(tmp, out, manifest)
     log.info("event=bundle_written path=%s seconds=%.0f", out, time.monotonic() - t_start)
     return out
+
+
+def _average_teacher(teacher: UNet3d, endpoints: list[dict[str, torch.Tensor]], budget: Budget,
+                     train_vols: list[LabelledVolume], weights: list[float], cfg: TrainConfig) -> dict:
+    """`teacher` becomes the mean of the phase endpoints, its BatchNorm statistics measured again on
+    `budget.bn_batches` training batches drawn as `cfg` draws them."""
+    t0 = time.monotonic()
+    teacher.load_state_dict(average_states(endpoints))
+    stream = PatchStream(train_vols, cfg, weights)
+    n = recompute_batchnorm(teacher, (stream.next()[0] for _ in range(budget.bn_batches)))
+    log.info("event=teacher_averaged phases=%s bn_batches=%d seconds=%.0f", list(budget.teacher_average), n,
+             time.monotonic() - t0)
+    return {"stage": "teacher-average", "steps": 0, "averaged": list(budget.teacher_average), "bn_batches": n,
+            "seconds": round(time.monotonic() - t0, 1),
+            "note": "mean of the phase endpoints' weights, BatchNorm statistics measured again"}
 
 
 def compare_with_published(baseline: Path, evaluation: dict) -> list[Miss]:
@@ -516,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
                         "not) and republish the bundle at --out")
     p.add_argument("--teacher-from", type=Path, default=None,
                    help="reuse a teacher: a checkpoint (teacher.pt) or the FP32 file of a bundle mode that ships it")
+    p.add_argument("--teacher-average", default=None,
+                   help="comma-separated teacher phases whose endpoints are averaged into the teacher "
+                        "(overrides the recipe's; 'none' for none)")
     p.add_argument("--compare-with", type=Path, default=None,
                    help="the bundle a rebuild must meet every target of (default: the one at --out), e.g. "
                         "models/ct_chest when building a candidate elsewhere")
@@ -527,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
                                                       for ph in budget.teacher_phases),
                          student_steps=max(1, int(budget.student_steps * args.steps_scale)),
                          finetune_steps=max(1, int(budget.finetune_steps * args.steps_scale)))
+    if args.teacher_average is not None:
+        names = tuple(n for n in args.teacher_average.split(",") if n and n != "none")
+        unknown = set(names) - {ph.stage for ph in budget.teacher_phases}
+        if unknown:
+            p.error(f"--teacher-average: no teacher phase named {sorted(unknown)}")
+        budget = replace(budget, teacher_average=names)
     if args.reevaluate:
         reevaluate(args.out, budget, args.work, threads=args.threads)
         return 0

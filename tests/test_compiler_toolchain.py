@@ -69,6 +69,22 @@ def test_teacher_trains_phase_after_phase_each_with_its_own_rate_and_weights_as_
     assert second["key"]["start"] == _digest(net)
 
 
+def test_an_averaged_teacher_is_the_mean_of_its_phase_endpoints_with_batchnorm_measured_again(tmp_path):
+    names = tuple(ph.stage for ph in SMOKE.teacher_phases)
+    out = build(tmp_path / "bundle", replace(SMOKE, teacher_average=names, bn_batches=3), tmp_path / "work",
+                threads=1)
+    work = tmp_path / "work"
+    ends = [torch.load(work / f"{n}.ckpt", weights_only=False)["model"] for n in names]
+    teacher = torch.load(work / "teacher.pt", weights_only=False)
+    conv = next(k for k, v in ends[0].items() if v.ndim == 5)
+    assert torch.allclose(teacher["state"][conv], (ends[0][conv] + ends[1][conv]) / 2, atol=1e-6)
+    var = next(k for k in ends[0] if k.endswith("running_var"))
+    assert not torch.allclose(teacher["state"][var], (ends[0][var] + ends[1][var]) / 2)  # measured, not averaged
+    row = {"stage": "teacher-average", "averaged": list(names), "bn_batches": 3}
+    for stages in (load_bundle(out).manifest.provenance["training"]["stages"], teacher["stages"]):
+        assert any(row.items() <= st.items() for st in stages)
+
+
 def test_contrast_removal_gives_an_enhanced_aorta_blood_hu_and_leaves_bone_and_unenhanced_blood():
     from compiler.train import BLOOD_HU, remove_contrast
 
@@ -374,3 +390,11 @@ def test_patch_sampling_centres_small_classes_as_often_as_their_weight_says():
     centred = [sample_patch(vol, (4, 4, 4), rng, 1.0, weights)[1] for _ in range(400)]
     share = np.mean([(lab == 5).any() for lab in centred])
     assert 0.65 < share < 0.9  # 3:1 for the tube (the random shift makes a few patches miss it)
+
+
+def test_build_refuses_to_average_a_teacher_phase_the_recipe_does_not_have(capsys):
+    from compiler.build import main
+
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--teacher-average", "teacher,no-such-phase"])
+    assert "no teacher phase named ['no-such-phase']" in capsys.readouterr().err
