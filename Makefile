@@ -59,7 +59,8 @@ bench: system-deps $(VENV)/.stamp-bench
 # 77 min (teacher 55, student and fine-tuning 18, labels 2, export and evaluation 3), 0.95-1.08 s per teacher
 # step; on 2 Intel Xeon cores with AMX-BF16 0.62-0.83 s per teacher step (teacher 39-44 min, student and
 # fine-tuning 15-15.5 min: 59-65 min in all). Where bf16 is not native it trains in FP32: a 2-core Zen 2
-# took 2.8-3.6 s per teacher step, so about 4 h there.
+# took 2.8-3.6 s per teacher step, so about 4 h there, and 2 first-generation EPYC (Zen 1) cores 6.2 s
+# (the first 80 steps; 7.2-7.6 s in a bare forward + backward): about 6-7 h for the teacher alone.
 # Each training stage checkpoints into build/model every 100 steps: run it again after a kill or a
 # reboot and it resumes where it stopped.
 model: $(VENV)/.stamp-test

@@ -234,8 +234,10 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
     ships, post-processing included), plus INT8-vs-FP32 agreement. `patches[(mode, which)]` runs that
     network at another static patch than the mode's."""
     patches = patches or {}
-    evaluation: dict = {"reference": "rule-based reference labels (compiler/labels/reference.py) merged with "
-                        "TotalSegmentator silver masks where present; both are automatic, not expert labels",
+    evaluation: dict = {"reference": f"rule-based reference labels (compiler/labels/reference.py, rules version "
+                        f"{RULES_VERSION}) merged with TotalSegmentator silver masks where present; both are "
+                        "automatic, not expert labels. Bone is scored outside the reference's bone-unknown "
+                        "zone (possible marrow behind a cortex under the rule's threshold, marrow_zone)",
                         "cases": {}}
     for mode, spec in modes.items():
         for lv in heldout.get(tuple(spec.spacing), []):

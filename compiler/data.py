@@ -117,6 +117,7 @@ def merge_silver(ref: ReferenceLabels, silver: np.ndarray, cover: np.ndarray, ki
     body = labels > 0
     bone = silver == VALUE["bone"]
     labels[bone & body] = VALUE["bone"]
+    bits[bone & body & (bits != 0)] |= np.uint16(1 << VALUE["bone"])  # silver sees the marrow the rules may not
     has_lungs = np.isin(silver, (3, 4)).any()
     if has_lungs:  # silver lungs replace the rule lungs where the silver file looks
         rule_lungs = np.isin(labels, (3, 4)) & cover
@@ -136,6 +137,8 @@ def known_bits(ref: ReferenceLabels) -> np.ndarray:
     for v in ref.known:
         bits |= 1 << v
     out = np.full(ref.labels.shape, bits, dtype=np.uint16)
+    for v, where in ref.class_unknown.items():
+        out[where] &= np.uint16(~(1 << v) & 0xFFFF)
     out[~ref.labelled] = 0
     return out
 

@@ -118,3 +118,50 @@ def test_inside_of_the_skull_is_body_not_bone():
     brain = r < 70
     assert (ref.labels[brain] == VALUE["body"]).mean() > 0.95
     assert (ref.labels[(r > 79) & (r < 84)] == VALUE["bone"]).mean() > 0.9
+
+
+def _vertebra_with_faint_cortex():
+    """A torso with a vertebral body whose anterior cortex is dense (900 HU) and whose posterior cortex
+    is at partial volume (200 HU, under the cortex threshold), marrow 150 HU; beside it an even
+    200 HU contrast-filled vessel and muscle. 1.5 mm voxels."""
+    import numpy as np
+
+    shape, sp = (30, 120, 120), (1.5, 1.5, 1.5)
+    _, yy, xx = np.ogrid[tuple(slice(0, n) for n in shape)]
+    y, x = (yy - 60) * sp[1], (xx - 60) * sp[2]
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[np.broadcast_to(y**2 + x**2 < 80**2, shape)] = 40.0
+    r = np.sqrt((y - 10) ** 2 + x**2)  # vertebral body centre 10 mm posterior of the middle
+    marrow = np.broadcast_to(r < 12.0, shape)
+    ring = np.broadcast_to((r >= 12.0) & (r < 14.0), shape)
+    anterior = np.broadcast_to(y < 10, shape)
+    vessel = np.broadcast_to(np.sqrt((y + 16) ** 2 + (x - 14) ** 2) < 8.0, shape)  # anterior-left of it
+    muscle = np.broadcast_to((np.abs(x) > 20) & (np.abs(x) < 40) & (np.abs(y - 10) < 12), shape)
+    hu[muscle] = 50.0
+    hu[vessel] = 200.0
+    hu[marrow] = 150.0
+    hu[ring & anterior] = 900.0
+    hu[ring & ~anterior] = 200.0
+    hu += np.random.default_rng(2).normal(0, 12, shape).astype(np.float32)
+    return hu, sp, marrow, vessel, muscle
+
+
+def test_marrow_behind_a_faint_cortex_is_bone_unknown_not_asserted_body():
+    from compiler.data import known_bits
+
+    hu, sp, marrow, vessel, muscle = _vertebra_with_faint_cortex()
+    ref = reference_labels(hu, sp)
+    inner = slice(3, -3)  # away from the volume's first and last slices
+    unknown = ref.class_unknown[VALUE["bone"]]
+    bone_known = (known_bits(ref) >> VALUE["bone"]) & 1 == 1
+    # the cortex rule does not fill this marrow (its ring is open) ...
+    assert (ref.labels[inner][marrow[inner]] == VALUE["bone"]).mean() < 0.5
+    # ... so the marrow it leaves is bone-unknown: the losses and the evaluation take no side there
+    # (all of it but the far posterior rim, over MARROW_REACH_MM from the dense cortex)
+    left = marrow[inner] & (ref.labels[inner] != VALUE["bone"])
+    assert unknown[inner][left].mean() > 0.75
+    assert not bone_known[inner][left & unknown[inner]].any()
+    # an even contrast-filled vessel beside the spine and muscle stay known not-bone
+    assert unknown[inner][vessel[inner]].mean() < 0.05
+    assert not unknown[muscle].any()
+    assert bone_known[inner][vessel[inner] | muscle[inner]].all()
