@@ -312,8 +312,12 @@ def train(model: nn.Module, stream: PatchStream, cfg: TrainConfig, teacher: nn.M
         sched.step()
         hist.append(float(loss.detach()))
         if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
-            log.info("event=train stage=%s step=%d loss=%.4f elapsed_s=%.0f", stage, step + 1,
-                     float(np.mean(hist[-cfg.log_every:])), before + time.monotonic() - t0)
+            # the stage's remaining time at this run's pace: on a CPU without native bf16 a full build
+            # takes hours, and the operator should know that from the first lines
+            pace = (time.monotonic() - t0) / (step + 1 - start)
+            log.info("event=train stage=%s step=%d loss=%.4f elapsed_s=%.0f stage_eta_s=%.0f", stage, step + 1,
+                     float(np.mean(hist[-cfg.log_every:])), before + time.monotonic() - t0,
+                     pace * (cfg.steps - step - 1))
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step == cfg.steps - 1):
             _save_atomically(checkpoint, {
                 "key": key, "step": step + 1, "losses": hist, "seconds": before + time.monotonic() - t0,

@@ -398,3 +398,17 @@ def test_build_refuses_to_average_a_teacher_phase_the_recipe_does_not_have(capsy
     with pytest.raises(SystemExit):
         main(["--smoke", "--teacher-average", "teacher,no-such-phase"])
     assert "no teacher phase named ['no-such-phase']" in capsys.readouterr().err
+
+
+def test_training_logs_how_long_the_rest_of_its_stage_will_take(caplog):
+    import re
+
+    from compiler.build import _phantom_volume
+    from compiler.train import PatchStream, TrainConfig, train
+
+    vols = [_phantom_volume(7, (24, 32, 32), (4.0, 4.0, 4.0))]
+    cfg = TrainConfig(patch=(16, 16, 16), batch=1, steps=3, log_every=1)
+    caplog.set_level(logging.INFO, logger="compiler.train")
+    train(make_unet(4, 2, NUM_CLASSES, 3), PatchStream(vols, cfg), cfg, stage="eta")
+    etas = [int(m) for m in re.findall(r"event=train stage=eta step=\d+ .* stage_eta_s=(\d+)", caplog.text)]
+    assert len(etas) == 3 and etas[-1] == 0
