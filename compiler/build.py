@@ -49,6 +49,7 @@ from compiler.phantom import make_phantom
 from compiler.train import PatchStream, TrainConfig, bf16_supported, per_class, train
 
 log = logging.getLogger("compiler.build")
+LAST_PHASE_ROW = "teacher_last_phase"  # evaluation row of the unaveraged teacher (`--teacher-average`)
 GRAPH_NOTE = ("TensorRT-friendly: Conv+ReLU (BN folded), x2 upsampling as a sub-pixel conv (2x2x2 conv, slices, "
               "depth-to-space transpose; exactly nearest upsample + 3x3x3 conv), opset 17, static shapes")
 
@@ -316,6 +317,7 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
 
     bf16 = bf16_supported()
     log.info("event=train_precision bf16_autocast=%s", bf16)
+    last_phase: UNet3d | None = None  # the teacher before averaging, where it is averaged
     cfg = TrainConfig(patch=budget.train_patch, seed=seed, bf16=bf16)
     # 2. teacher, phase by phase (or a teacher trained by an earlier run of this recipe, taken as it is)
     if teacher_from is not None:
@@ -339,6 +341,11 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
             if phase.stage in budget.teacher_average:
                 endpoints.append(copy.deepcopy(teacher.state_dict()))
         if endpoints:
+            # the last phase's own network is scored beside the average (an extra evaluation row, not
+            # a target), so one run compares the two on the same seed
+            last_phase = UNet3d.from_config(teacher.config())
+            last_phase.load_state_dict(teacher.state_dict())
+            last_phase.eval()
             report["stages"].append(_average_teacher(teacher, endpoints, budget, train_vols, weights,
                                                      replace(pcfg, seed=seed + 999)))
     torch.save({"config": teacher.config(), "state": teacher.state_dict(),
@@ -362,6 +369,9 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
     # 5. export + INT8
     tmp = _fresh(work / "bundle.tmp")
     modes, onnx_eval = export_modes(budget, teacher, pruned, tmp, work, train_vols, cfg.channels, threads)
+    if last_phase is not None:
+        for mode, (_, patch, _) in budget.modes.items():
+            onnx_eval[mode][LAST_PHASE_ROW] = export_onnx(last_phase, work / f"{LAST_PHASE_ROW}.{mode}.onnx", patch)
     torch.save({"config": pruned.config(), "state": pruned.state_dict()}, work / "student_pruned.pt")
 
     # 6. evaluation on held-out cases, through the appliance's inference path

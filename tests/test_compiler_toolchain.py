@@ -81,8 +81,12 @@ def test_an_averaged_teacher_is_the_mean_of_its_phase_endpoints_with_batchnorm_m
     var = next(k for k in ends[0] if k.endswith("running_var"))
     assert not torch.allclose(teacher["state"][var], (ends[0][var] + ends[1][var]) / 2)  # measured, not averaged
     row = {"stage": "teacher-average", "averaged": list(names), "bn_batches": 3}
-    for stages in (load_bundle(out).manifest.provenance["training"]["stages"], teacher["stages"]):
+    manifest = load_bundle(out).manifest
+    for stages in (manifest.provenance["training"]["stages"], teacher["stages"]):
         assert any(row.items() <= st.items() for st in stages)
+    # the last phase's own network is scored beside the average on the same held-out case
+    for case in manifest.evaluation["cases"].values():
+        assert {"teacher", "teacher_last_phase"} <= set(case) and "dice" in case["teacher_last_phase"]["body"]
 
 
 def test_contrast_removal_gives_an_enhanced_aorta_blood_hu_and_leaves_bone_and_unenhanced_blood():
