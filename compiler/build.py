@@ -343,9 +343,7 @@ def build(out: Path, budget: Budget, work: Path, *, threads: int = 2, seed: int 
         if endpoints:
             # the last phase's own network is scored beside the average (an extra evaluation row, not
             # a target), so one run compares the two on the same seed
-            last_phase = UNet3d.from_config(teacher.config())
-            last_phase.load_state_dict(teacher.state_dict())
-            last_phase.eval()
+            last_phase = copy.deepcopy(teacher).eval()
             report["stages"].append(_average_teacher(teacher, endpoints, budget, train_vols, weights,
                                                      replace(pcfg, seed=seed + 999)))
     torch.save({"config": teacher.config(), "state": teacher.state_dict(),

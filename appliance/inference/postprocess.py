@@ -145,7 +145,7 @@ AIRWAY_GROWTH_MM = 30.0
 AIRWAY_LEAK_ML = 1.0  # a growth step over this that adds 3x the first step's voxels is a leak
 
 
-def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     """The box of `mask`'s voxels grown by `margin` on every side (clipped at 0; numpy clips the stop)."""
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
            for axis in range(mask.ndim)]
@@ -177,7 +177,7 @@ def confine_experimental(labels: np.ndarray, probs: np.ndarray, validated: list[
 def _surrounded(islands: np.ndarray, by: np.ndarray, fraction: float) -> np.ndarray:
     """The islands (26-connected components of `islands`) of which at least `fraction` of the voxels
     touching them from outside are in `by`."""
-    box = _bbox(islands, 1)
+    box = bounding_box(islands, 1)
     comp, n = ndimage.label(islands[box], structure=_FULLY_CONNECTED)
     out = np.zeros(islands.shape, dtype=bool)
     for grown, island, ring in _islands_and_rings(comp, range(1, n + 1)):
@@ -212,7 +212,7 @@ def keep_largest_components(labels: np.ndarray, values: Iterable[int],
         mask = labels == value
         if not mask.any():
             continue
-        box = _bbox(mask)
+        box = bounding_box(mask)
         comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
         if n <= 1:
             continue
@@ -231,7 +231,7 @@ def keep_patient(labels: np.ndarray) -> np.ndarray:
     mask = labels > 0
     if not mask.any():
         return labels
-    box = _bbox(mask)
+    box = bounding_box(mask)
     comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
     if n > 1:
         sizes = np.bincount(comp.ravel())
@@ -262,7 +262,7 @@ def airway_beside_lumen(labels: np.ndarray, hu: np.ndarray, airway: int) -> np.n
     mask = labels == airway
     if not mask.any():
         return labels
-    box = _bbox(mask, margin=1)
+    box = bounding_box(mask, margin=1)
     lumen = ndimage.binary_dilation(hu[box] < PURE_AIR_HU, structure=_FULLY_CONNECTED)
     far = mask[box] & ~lumen
     comp, n = ndimage.label(far, structure=_FULLY_CONNECTED)
@@ -280,7 +280,7 @@ def drop_implausible_airway(labels: np.ndarray, hu: np.ndarray, airway: int, lun
         return labels
     lung_slices = np.flatnonzero(np.isin(labels, list(lungs)).any(axis=(1, 2)))
     lowest_lung = int(lung_slices[0]) if lung_slices.size else -1
-    box = _bbox(mask)
+    box = bounding_box(mask)
     comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
     pure_air = np.bincount(comp.ravel(), weights=(hu[box] < PURE_AIR_HU).ravel(), minlength=n + 1)
     drop = [i for i, sl in enumerate(ndimage.find_objects(comp), start=1)
@@ -296,7 +296,7 @@ def fill_airway_lumen(labels: np.ndarray, enclosed: np.ndarray, airway: int) -> 
     mask = labels == airway
     if not mask.any():
         return labels
-    box = _bbox(mask, 2)
+    box = bounding_box(mask, 2)
     region = labels[box]  # a view: writes go to `labels`
     background = region == 0
     _, nearest = ndimage.distance_transform_edt(background, return_indices=True)
@@ -314,7 +314,7 @@ def grow_lungs_into_air(labels: np.ndarray, hu: np.ndarray, enclosed: np.ndarray
     if not seeds.any():
         return labels
     steps = int(np.ceil(max_mm / min(spacing)))
-    box = _bbox(seeds, steps)
+    box = bounding_box(seeds, steps)
     region = labels[box]  # a view: writes go to `labels`
     free = (hu[box] < AERATED_LUNG_HU) & (enclosed[box] > 0) & np.isin(region, list(hosts))
     step = ndimage.generate_binary_structure(3, 1)
@@ -345,7 +345,7 @@ class _Front:
     def of(cls, mask: np.ndarray) -> _Front | None:
         if not mask.any():
             return None
-        box = _bbox(mask)
+        box = bounding_box(mask)
         return cls(box, mask[box])
 
     def step(self, free: np.ndarray, structure: np.ndarray) -> _Front | None:
@@ -356,7 +356,7 @@ class _Front:
         new = ndimage.binary_dilation(local, structure) & free[grown]
         if not new.any():
             return None
-        inner = _bbox(new)
+        inner = bounding_box(new)
         return _Front(tuple(slice(g.start + i.start, g.start + i.stop) for g, i in zip(grown, inner, strict=True)),
                       new[inner])
 
@@ -376,7 +376,7 @@ def extend_airway_through_air(labels: np.ndarray, hu: np.ndarray, airway: int, h
     if not mask.any():
         return labels
     margin = int(np.ceil(max_mm / min(spacing))) + 1
-    box = _bbox(mask, margin)
+    box = bounding_box(mask, margin)
     region = labels[box]  # a view: writes go to `labels`
     free = (hu[box] < PURE_AIR_HU) & np.isin(region, list(hosts))
     front, first = _Front.of(region == airway), 0
@@ -428,7 +428,7 @@ def drop_bone_without_cortex(labels: np.ndarray, hu: np.ndarray, bone: int, spac
     mask = labels == bone
     if not mask.any():
         return labels
-    box = _bbox(mask)
+    box = bounding_box(mask)
     comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
     big = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0 >= min_ml
     big[0] = False
@@ -443,7 +443,7 @@ def drop_bone_outside_patient(labels: np.ndarray, bone: int, fraction: float = O
     mask = labels == bone
     if not mask.any():
         return labels
-    box = _bbox(mask, 1)
+    box = bounding_box(mask, 1)
     region = labels[box]
     comp, n = ndimage.label(region == bone, structure=_FULLY_CONNECTED)
     nearest = ndimage.grey_dilation(comp, footprint=_FULLY_CONNECTED)  # an island beside each ring voxel
@@ -476,7 +476,7 @@ def trim_lung_surface(labels: np.ndarray, hu: np.ndarray, lungs: Iterable[int], 
         mask = labels == v
         if not mask.any():
             continue
-        box = _bbox(mask, 1)
+        box = bounding_box(mask, 1)
         inner = ndimage.binary_erosion(mask[box], face, border_value=1)
         h = hu[box]
         region = labels[box]  # a view: writes go to `labels`
@@ -491,7 +491,7 @@ def fill_bone_marrow(labels: np.ndarray, hu: np.ndarray, bone: int, host: int,
     (module docstring). `hu` on the grid of `labels`; modifies `labels` in place and returns it."""
     mask = labels == bone
     if mask.any():
-        box = _bbox(mask)
+        box = bounding_box(mask)
         region = labels[box]  # a view: writes go to `labels`
         enclosed = fill_small_holes(mask[box], MARROW_MAX_AREA_MM2, spacing)
         region[enclosed & (region == host) & (hu[box] >= ENCLOSED_AIR_HU)] = bone

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from appliance.inference.postprocess import MARROW_MAX_AREA_MM2, bone_like, fill_small_holes
+from appliance.inference.postprocess import MARROW_MAX_AREA_MM2, bone_like, bounding_box, fill_small_holes
 from compiler.labels.table import VALUE
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def marrow_zone(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, spacing) -> 
     of it only where bone (the rule's, or a sub-threshold cortex) surrounds the voxel in the slice."""
     if not bone.any():
         return np.zeros_like(bone)
-    box = tuple(slice(max(0, s.start - 12), s.stop + 12) for s in ndimage.find_objects(bone.astype(np.uint8))[0])
+    box = bounding_box(bone, 12)
     h, b, inside = hu[box], bone[box], body[box]
     free = (h >= MARROW_MIN_HU) & inside & ~b & ~_vessel_mask(h, (h > MARROW_RING_HU) & inside, spacing)
     grown = b.copy()
