@@ -53,8 +53,10 @@ lint: $(VENV)/.stamp-test
 bench: system-deps $(VENV)/.stamp-bench
 	$(PY) -m bench
 
-# Rebuild the model bundle from scratch: labels, teacher (five phases, 3600 steps), distilled + pruned student,
-# INT8, evaluation. Measured from scratch on 2 Zen 5 cores with native bf16: 63 min (teacher 46, student and
+# Rebuild the model bundle from scratch: labels, teacher (five phases, 3600 steps, the last three averaged),
+# distilled + pruned student, INT8, evaluation. The committed bundle is the 2026-12-04 run on 2 Zen 4 cores
+# (AVX512-BF16): 99 min (labels 2, teacher 69.5 at 1.0-1.25 s per step, student and fine-tuning 21, export
+# and evaluation 6). Measured from scratch on 2 Zen 5 cores with native bf16: 63 min (teacher 46, student and
 # fine-tuning 13, export and evaluation 4), at 0.7-0.9 s per teacher step; on 2 Zen 4 cores (AVX512-BF16)
 # 77 min (teacher 55, student and fine-tuning 18, labels 2, export and evaluation 3), 0.95-1.08 s per teacher
 # step; on 2 Intel Xeon cores with AMX-BF16 0.62-0.83 s per teacher step (teacher 39-44 min, student and

@@ -98,13 +98,14 @@ class Budget:
     bn_batches: int = 60
 
 
-# The shipped teacher's history (its manifest's provenance.training.stages), one phase each: bone and lungs
-# first with every class sampled alike, then the airway weighted up step by step. The recipe before this
+# The history of the hand-trained teacher shipped until 2026-12-04 (that manifest's
+# provenance.training.stages), one phase each: bone and lungs first with every class sampled alike, then
+# the airway weighted up step by step. The recipe before this
 # one, 2400 steps with the airway weighted x10 from the first (one run, from scratch), built a worse
 # bundle: held-out full-mode bone 0.956 -> 0.880, abdomen bone 0.833 -> 0.749, and its student lost
 # preview airway 0.88 -> 0.70 (which of the two differences cost that was not measured apart).
 # The phases differ from that history in one way: the enclosed-air input exists from the first step (the
-# shipped teacher got it after the second phase, widened with zero weights). What these phases build from
+# hand-trained teacher got it after the second phase, widened with zero weights). What these phases build from
 # scratch, next to the shipped bundle: compiler/README.md.
 _UNIT = per_class(1.0)
 _AIRWAY_X10 = per_class(1.0, background=0.0, bone=1.5, airway=10.0)

@@ -22,6 +22,7 @@ from appliance.inference.postprocess import (
     airway_is_air,
     confine_experimental,
     drop_bone_outside_patient,
+    drop_bone_with_soft_surface,
     drop_bone_without_cortex,
     drop_implausible_airway,
     extend_airway_through_air,
@@ -181,6 +182,21 @@ def test_a_bone_island_without_cortex_or_of_even_density_takes_its_surroundings_
     out = drop_bone_without_cortex(labels.copy(), hu, bone=2, spacing=(1.5, 1.5, 1.5))
     assert (out[2:10, 4:14, 4:14] == 2).all() and (out[5:7, 30:33, 10:13] == 2).all()
     assert (out[2:10, 4:14, 24:34] == 1).all() and (out[2:10, 20:30, 44:54] == 1).all()
+
+
+def test_a_kidney_with_contrast_in_its_pelvis_is_not_bone_but_a_vertebra_with_soft_marrow_stays_bone():
+    labels = np.ones((12, 40, 60), dtype=np.uint8)
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)
+    labels[2:10, 4:16, 4:16], hu[2:10, 4:16, 4:16] = 2, 300.0  # a vertebra: a 260-340 HU cortex (5 mm scan) ...
+    hu[2:10, 4:16, 4:16] += np.linspace(-40, 40, 12)[:, None]
+    hu[3:9, 6:14, 6:14] = 120.0  # ... around marrow softer than the kidney below
+    labels[2:10, 4:18, 30:44], hu[2:10, 4:18, 30:44] = 2, 210.0  # enhanced renal parenchyma ...
+    hu[4:8, 8:14, 34:40] = 1200.0  # ... around excreted contrast: bone_like passes it (p95 >= 800)
+    labels[2:10, 20:34, 30:44] = 3  # an organ beside the kidney, touching it on one side
+    out = drop_bone_with_soft_surface(labels.copy(), hu, bone=2, spacing=(1.5, 1.5, 1.5))
+    assert (out[2:10, 4:16, 4:16] == 2).all()
+    assert (out[2:10, 4:18, 30:44] == 1).all()  # body surrounds it most
+    assert (out[labels != 2] == labels[labels != 2]).all()
 
 
 def test_airway_the_network_painted_on_soft_tissue_becomes_body_and_its_air_stays_airway():

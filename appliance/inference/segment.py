@@ -22,6 +22,7 @@ from appliance.inference.postprocess import (
     airway_is_air,
     confine_experimental,
     drop_bone_outside_patient,
+    drop_bone_with_soft_surface,
     drop_bone_without_cortex,
     drop_implausible_airway,
     extend_airway_through_air,
@@ -137,5 +138,6 @@ def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed
     fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
     drop_bone_without_cortex(labels, hu, value["bone"], spacing)
     trim_bone_surface(labels, hu, value["bone"], value["body"])
+    drop_bone_with_soft_surface(labels, hu, value["bone"], spacing)
     trim_lung_surface(labels, hu, (value["lung_left"], value["lung_right"]), value["body"])
     grow_lungs_into_air(labels, hu, enclosed, (value["lung_left"], value["lung_right"]), (0, value["body"]), spacing)
