@@ -99,14 +99,13 @@ class Budget:
 
 
 # The history of the hand-trained teacher shipped until 2026-12-04 (that manifest's
-# provenance.training.stages), one phase each: bone and lungs first with every class sampled alike, then
-# the airway weighted up step by step. The recipe before this
-# one, 2400 steps with the airway weighted x10 from the first (one run, from scratch), built a worse
-# bundle: held-out full-mode bone 0.956 -> 0.880, abdomen bone 0.833 -> 0.749, and its student lost
-# preview airway 0.88 -> 0.70 (which of the two differences cost that was not measured apart).
-# The phases differ from that history in one way: the enclosed-air input exists from the first step (the
-# hand-trained teacher got it after the second phase, widened with zero weights). What these phases build from
-# scratch, next to the shipped bundle: compiler/README.md.
+# provenance.training.stages), one phase each: bone and lungs first with every class sampled alike, then the
+# airway weighted up step by step. The recipe before this one, 2400 steps with the airway weighted x10 from
+# the first (one run, from scratch), built a worse bundle: held-out full-mode bone 0.956 -> 0.880, abdomen
+# bone 0.833 -> 0.749, and its student lost preview airway 0.88 -> 0.70 (which of the two differences cost
+# that was not measured apart). The phases differ from that history in one way: the enclosed-air input exists
+# from the first step (the hand-trained teacher got it after the second phase, widened with zero weights).
+# What these phases build from scratch, next to the shipped bundle: compiler/README.md.
 _UNIT = per_class(1.0)
 _AIRWAY_X10 = per_class(1.0, background=0.0, bone=1.5, airway=10.0)
 _AIRWAY_LOSS_X10 = per_class(1.0, airway=10.0)
@@ -128,7 +127,8 @@ FULL = Budget(
     teacher_phases=FULL_TEACHER_PHASES, student_steps=700, finetune_steps=300, prune_keep=0.75, student_keep=0.5,
     # the teacher is the mean of the last three phases' endpoints (stochastic weight averaging). Measured on
     # one seed (2026-12-04, rules 5), averaged vs the last phase alone, held-out Dice: full chest bone 0.968
-    # vs 0.912, preview chest airway 0.861 vs 0.845, full abdomen bone 0.668 vs 0.755 (compiler/README.md)
+    # vs 0.912, preview chest airway 0.861 vs 0.845, full abdomen bone 0.668 vs 0.755, both scored before
+    # postprocess.drop_bone_with_soft_surface (compiler/README.md)
     teacher_average=("teacher-airway-x4", "teacher-airway-x10", "teacher-final"),
     width_floors={"dec0u": 16, "dec0b": 16},
     # preview: the pruned student, one patch holds a whole chest at 3 mm (no overlapping windows).

@@ -144,7 +144,6 @@ BONE_CORTEX_HU = 450.0  # a bone island's 95th percentile reaches cortex
 BONE_SURROUNDED = 0.3  # of an organ island's outer voxels that are bone: it is marrow (module docstring)
 BONE_JUDGED_ML = 0.5  # islands smaller than this are too few voxels for percentiles (37 at 3 mm)
 BONE_SURFACE_HU = 250.0  # a bone surface voxel below this is soft tissue (the labeller's cortex threshold)
-BONE_SOFT_SURFACE_HU = 250.0  # a bone island whose trimmed surface has a median under this is not bone
 OUTSIDE_PATIENT = 0.8  # of a bone island's surrounding voxels that are background: it is the table
 AERATED_LUNG_HU = -500.0  # enclosed air below this that touches a lung is lung (module docstring)
 SOLID_TISSUE_HU = -100.0  # a lung surface voxel from here up is tissue (consolidation), not partial volume
@@ -478,20 +477,20 @@ def trim_bone_surface(labels: np.ndarray, hu: np.ndarray, bone: int, host: int,
 def bone_surface_medians(labels: np.ndarray, hu: np.ndarray, bone: int,
                          min_ml: float, spacing: tuple[float, float, float]) -> tuple[np.ndarray, int, np.ndarray, tuple]:
     """(labelling of the bone islands in their bounding box, their count, each island's surface median HU
-    (NaN for islands under `min_ml`), the box)."""
+    (NaN for islands under `min_ml`), the box); `labels` must hold some bone."""
     mask = labels == bone
     box = bounding_box(mask, 1)
     comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
     inner = ndimage.binary_erosion(mask[box], ndimage.generate_binary_structure(3, 1), border_value=1)
     surface = comp * ~inner
     idx = np.arange(1, n + 1)
-    med = np.asarray(ndimage.median(hu[box], surface, idx), dtype=np.float64) if n else np.zeros(0)
+    med = np.asarray(ndimage.median(hu[box], surface, idx), dtype=np.float64).reshape(n)
     big = np.bincount(comp.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing)) / 1000.0 >= min_ml
     return comp, n, np.where(big, med, np.nan), box
 
 
 def drop_bone_with_soft_surface(labels: np.ndarray, hu: np.ndarray, bone: int, spacing: tuple[float, float, float],
-                                min_ml: float = BONE_JUDGED_ML, below: float = BONE_SOFT_SURFACE_HU) -> np.ndarray:
+                                min_ml: float = BONE_JUDGED_ML, below: float = BONE_SURFACE_HU) -> np.ndarray:
     """Bone islands of at least `min_ml` whose surface (after `trim_bone_surface`) has a median under
     `below` HU take their surroundings' label: a kidney with contrast in its pelvis (module docstring).
     Modified in place and returned."""
