@@ -427,6 +427,22 @@ def bone_like(hu: np.ndarray, comp: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([[False], (p95 >= BONE_CORTEX_HU) & (((p95 - med) >= 150) | (p95 >= 800))])
 
 
+def _face_surface(mask: np.ndarray) -> np.ndarray:
+    """The voxels of `mask` with a face neighbour outside it (its outer layer); the array's border counts
+    as inside, so give `mask` a margin where that matters."""
+    return mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1), border_value=1)
+
+
+def _judged_islands(mask: np.ndarray, spacing: tuple[float, float, float], min_ml: float, margin: int = 0):
+    """(bounding box of `mask` grown by `margin`, the 26-connected labelling of `mask` in it, the island
+    count, (n + 1,) bool: which islands are at least `min_ml`, index 0 False); `mask` must be non-empty."""
+    box = bounding_box(mask, margin)
+    comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
+    big = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0 >= min_ml
+    big[0] = False
+    return box, comp, n, big
+
+
 def drop_bone_without_cortex(labels: np.ndarray, hu: np.ndarray, bone: int, spacing: tuple[float, float, float],
                              min_ml: float = BONE_JUDGED_ML) -> np.ndarray:
     """Bone islands of at least `min_ml` that are not `bone_like` take their surroundings' label
@@ -435,10 +451,7 @@ def drop_bone_without_cortex(labels: np.ndarray, hu: np.ndarray, bone: int, spac
     mask = labels == bone
     if not mask.any():
         return labels
-    box = bounding_box(mask)
-    comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
-    big = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0 >= min_ml
-    big[0] = False
+    box, comp, n, big = _judged_islands(mask, spacing, min_ml)
     drop = np.flatnonzero(big & ~bone_like(hu[box], comp, n))
     _relabel_islands(labels[box], comp, drop.tolist(), bone)
     return labels
@@ -469,24 +482,8 @@ def trim_bone_surface(labels: np.ndarray, hu: np.ndarray, bone: int, host: int,
     mask = labels == bone
     if not mask.any():
         return labels
-    surface = mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1), border_value=1)
-    labels[surface & (hu < below)] = host
+    labels[_face_surface(mask) & (hu < below)] = host
     return labels
-
-
-def bone_surface_medians(labels: np.ndarray, hu: np.ndarray, bone: int,
-                         min_ml: float, spacing: tuple[float, float, float]) -> tuple[np.ndarray, int, np.ndarray, tuple]:
-    """(labelling of the bone islands in their bounding box, their count, each island's surface median HU
-    (NaN for islands under `min_ml`), the box); `labels` must hold some bone."""
-    mask = labels == bone
-    box = bounding_box(mask, 1)
-    comp, n = ndimage.label(mask[box], structure=_FULLY_CONNECTED)
-    inner = ndimage.binary_erosion(mask[box], ndimage.generate_binary_structure(3, 1), border_value=1)
-    surface = comp * ~inner
-    idx = np.arange(1, n + 1)
-    med = np.asarray(ndimage.median(hu[box], surface, idx), dtype=np.float64).reshape(n)
-    big = np.bincount(comp.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing)) / 1000.0 >= min_ml
-    return comp, n, np.where(big, med, np.nan), box
 
 
 def drop_bone_with_soft_surface(labels: np.ndarray, hu: np.ndarray, bone: int, spacing: tuple[float, float, float],
@@ -494,10 +491,13 @@ def drop_bone_with_soft_surface(labels: np.ndarray, hu: np.ndarray, bone: int, s
     """Bone islands of at least `min_ml` whose surface (after `trim_bone_surface`) has a median under
     `below` HU take their surroundings' label: a kidney with contrast in its pelvis (module docstring).
     Modified in place and returned."""
-    if not (labels == bone).any():
+    mask = labels == bone
+    if not mask.any():
         return labels
-    comp, n, med, box = bone_surface_medians(labels, hu, bone, min_ml, spacing)
-    drop = np.flatnonzero(med < below) + 1
+    box, comp, n, big = _judged_islands(mask, spacing, min_ml, margin=1)  # the margin keeps box faces outside
+    surface = comp * _face_surface(mask[box])
+    median = np.concatenate([[np.inf], np.asarray(ndimage.median(hu[box], surface, np.arange(1, n + 1))).reshape(n)])
+    drop = np.flatnonzero(big & (median < below))
     _relabel_islands(labels[box], comp, drop.tolist(), bone)
     return labels
 
@@ -506,16 +506,14 @@ def trim_lung_surface(labels: np.ndarray, hu: np.ndarray, lungs: Iterable[int], 
                       above: float = AERATED_LUNG_HU, solid: float = SOLID_TISSUE_HU) -> np.ndarray:
     """One layer of lung surface voxels (a face neighbour is not that lung) from `above` up to `solid` HU,
     more tissue than air, become `host` (module docstring). Modified in place and returned."""
-    face = ndimage.generate_binary_structure(3, 1)
     for v in lungs:
         mask = labels == v
         if not mask.any():
             continue
         box = bounding_box(mask, 1)
-        inner = ndimage.binary_erosion(mask[box], face, border_value=1)
         h = hu[box]
         region = labels[box]  # a view: writes go to `labels`
-        region[mask[box] & ~inner & (h >= above) & (h < solid)] = host
+        region[_face_surface(mask[box]) & (h >= above) & (h < solid)] = host
     return labels
 
 
