@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export TCP_NODELAY := 1
 
-.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda
+.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda gpu-check
 
 $(VENV)/.stamp-base: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,18 @@ model: $(VENV)/.stamp-test
 # The CUDA marching-cubes kernels as a fatbin (sm_87 Jetson Orin, sm_90 H100, PTX); needs nvcc, no GPU.
 cuda: $(VENV)/.stamp-base
 	$(PY) kernels/cuda/build.py
+
+# Run on a lent GPU machine (the `device` tool: `make gpu-check` there, nothing carried): its python3 already
+# has numpy, scipy, pybind11, pytest, scikit-image and cuda-bindings, so this builds the CPU extension and the
+# fatbin in place, runs the GPU-marked tests (CUDA output equal to the CPU kernel's), then the GPU rows of the
+# marching-cubes benchmark on synthetic volumes (the shared CT does not travel). A few minutes on an H100.
+GPU_PYTHON ?= python3
+gpu-check:
+	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+	$(GPU_PYTHON) setup.py -q build_ext --inplace
+	$(GPU_PYTHON) kernels/cuda/build.py
+	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider -m gpu tests/test_marching_cubes_cuda.py
+	BENCH_REPEATS=5 $(GPU_PYTHON) -m bench.bench_marching_cubes --gpu
 
 clean:
 	rm -rf $(VENV) build var *.egg-info

@@ -19,7 +19,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):  # noqa: ANN202 - AppConfig, imported lazily above
     config = load_config(args.config)
-    return with_overrides(config, port=getattr(args, "port", None), data_dir=args.data_dir)
+    return with_overrides(config, port=getattr(args, "port", None), data_dir=args.data_dir,
+                          destinations=getattr(args, "destination", None))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -58,12 +59,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print("jobs:       " + ", ".join(f"{k} {v}" for k, v in status["jobs"].items()))
     for job in status["failed_jobs"]:
         print(f"  failed job {job['id']} series {job['series']} v{job['version']}: {job['error']}")
+    print("deliveries: " + ", ".join(f"{k} {v}" for k, v in status["outbox"]["states"].items()))
+    for dest, states in status["outbox"]["destinations"].items():
+        print(f"  {dest}: " + ", ".join(f"{k} {v}" for k, v in states.items()))
+    runtime = status.get("runtime")
+    if runtime:
+        b = runtime["bundle"]
+        print(f"runtime:    model {b['name']} {b['version']}; marching cubes {runtime['marching_cubes']['backend']}"
+              f" ({runtime['marching_cubes']['reason']}); {runtime['threads']} threads")
+        for mode, inf in runtime["inference"].items():
+            print(f"  {mode}: {inf['backend']}" + (f", {inf['precision']}" if inf["precision"] else ""))
+    else:
+        print("runtime:    not started yet (chosen when `isonode serve` starts)")
     return 0
 
 
 def _cmd_series_complete(args: argparse.Namespace) -> int:
     from appliance.completion import SeriesCompletion
     from appliance.jobs import JobQueue
+    from appliance.routing import Router
     from dicom_node.database import Database
     from dicom_node.index import InstanceIndex
 
@@ -71,7 +85,8 @@ def _cmd_series_complete(args: argparse.Namespace) -> int:
     db = Database(config.database_path)
     index = InstanceIndex(db)
     jobs = JobQueue(db, max_attempts=config.processing.max_attempts)
-    version = SeriesCompletion(index, jobs, config.series).complete_now(args.series_uid)
+    router = Router(config, index, config.spool_dir)
+    version = SeriesCompletion(index, jobs, config.series, router.modes).complete_now(args.series_uid)
     if version is None:
         print(f"isonode: series {args.series_uid} has no version receiving instances", file=sys.stderr)
         return 1
@@ -96,54 +111,134 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    import time
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    from appliance.node import make_outbox
+    from dicom_node.database import Database
 
-    from appliance.inference.backends import choose_backend
-    from appliance.inference.bundle import BundleError, load_bundle
-    from appliance.inference.grid import grid_of
-    from appliance.inference.nifti import write_label_nifti
-    from appliance.inference.segment import segment_array
-    from dicom_node.volume import VolumeError, assemble_volume
+    config = _config(args)
+    outbox = make_outbox(Database(config.database_path), config)
+    if args.outbox_command == "retry":
+        if not outbox.retry(args.delivery_id):
+            print(f"isonode: delivery {args.delivery_id} is not failed", file=sys.stderr)
+            return 1
+        print(f"delivery {args.delivery_id} queued again")
+        return 0
+    for d in outbox.list(state=args.state, limit=args.limit):
+        print(f"{d.id:6d} {d.state:8s} {d.destination:12s} attempts {d.attempts} job {d.job_id} {d.relpath}"
+              + (f"  {d.last_error}" if d.last_error else ""))
+    return 0
 
-    configure_logging(args.log_level)
-    t0 = time.perf_counter()
+
+def _runtime_for(args: argparse.Namespace, modes: tuple[str, ...]):  # noqa: ANN202 - Runtime or None
+    from appliance.inference.bundle import BundleError
+    from appliance.runtime import build_runtime
+
     try:
-        bundle = load_bundle(args.bundle)
-        spec = bundle.mode(args.mode)
-    except BundleError as exc:
+        return build_runtime(args.bundle, modes=modes, inference=args.backend, precision=args.precision,
+                             mc_backend=getattr(args, "mc_backend", "auto"), threads=args.threads)
+    except (BundleError, RuntimeError) as exc:
         print(f"isonode: {exc}", file=sys.stderr)
-        return 1
-    t_bundle = time.perf_counter() - t0
-    files = sorted(p for p in Path(args.series_dir).rglob("*") if p.is_file())
-    if not files:
-        print(f"isonode: no files in {args.series_dir}", file=sys.stderr)
-        return 1
-    try:
-        volume = assemble_volume(files)
-    except VolumeError as exc:
-        print(f"isonode: cannot assemble the series: {exc.reason}", file=sys.stderr)
-        return 1
-    t_volume = time.perf_counter() - t0 - t_bundle
-    t1 = time.perf_counter()
-    choice = choose_backend(bundle, spec, preference=args.backend, threads=args.threads, precision=args.precision)
-    t_backend = time.perf_counter() - t1
-    result = segment_array(volume.array, volume.affine, bundle, args.mode, choice.backend)
-    t2 = time.perf_counter()
-    labels = result.labels_on(grid_of(volume.array, volume.affine))
-    t_back = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    out, jpath = write_label_nifti(labels, volume.affine, args.out, bundle.label_names())
-    t_write = time.perf_counter() - t3
-    stages = {"bundle verify": t_bundle, "read+assemble": t_volume, "backend start": t_backend, **result.timings,
-              "to CT grid": t_back, "write": t_write, "total": time.perf_counter() - t0}
+        return None
+
+
+def _series_files(series_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(series_dir).rglob("*") if p.is_file())
+
+
+def _print_choice(runtime, mode: str) -> None:  # noqa: ANN001 - Runtime
+    choice = runtime.inference[mode]
     print(f"backend {choice.backend.name} (skipped: "
           + (", ".join(f"{k}: {v}" for k, v in choice.skipped.items()) or "none") + ")")
     if choice.precision is not None:
         print(f"precision {choice.precision.describe()}")
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import time
+
+    from appliance.inference.grid import grid_of
+    from appliance.inference.nifti import write_label_nifti
+    from appliance.pipeline import read_series, segment_volume
+    from dicom_node.volume import VolumeError
+
+    configure_logging(args.log_level)
+    t0 = time.perf_counter()
+    runtime = _runtime_for(args, (args.mode,))
+    if runtime is None:
+        return 1
+    files = _series_files(args.series_dir)
+    if not files:
+        print(f"isonode: no files in {args.series_dir}", file=sys.stderr)
+        return 1
+    t1 = time.perf_counter()
+    try:
+        volume = read_series(files).volume
+    except VolumeError as exc:
+        print(f"isonode: cannot assemble the series: {exc.reason}", file=sys.stderr)
+        return 1
+    t_volume = time.perf_counter() - t1
+    result = segment_volume(volume, runtime, args.mode)
+    t2 = time.perf_counter()
+    labels = result.labels_on(grid_of(volume.array, volume.affine))
+    t_back = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    out, jpath = write_label_nifti(labels, volume.affine, args.out, runtime.bundle.label_names())
+    t_write = time.perf_counter() - t3
+    stages = {"runtime start": runtime.start_s, "read+assemble": t_volume, **result.timings,
+              "to CT grid": t_back, "write": t_write, "total": time.perf_counter() - t0}
+    _print_choice(runtime, args.mode)
     for name, secs in stages.items():
         print(f"{name:14s} {secs:8.3f} s")
     print(f"wrote {out} {labels.shape[::-1]} and {jpath}")
+    return 0
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    """The node's whole pipeline on a series folder, without the network: the result objects go to --out."""
+    import time
+
+    from appliance.pipeline import run_pipeline, write_results
+    from appliance.worker import PERMANENT_ERRORS, output_plan
+
+    configure_logging(args.log_level)
+    config = load_config(args.config)
+    overrides: dict = {}
+    if args.no_seg:
+        overrides["seg"] = False
+    if args.mesh_files:
+        overrides["mesh_files"] = [f for f in args.mesh_files.split(",") if f]
+    if overrides:
+        config = config.model_copy(update={"output": config.output.model_copy(update=overrides)})
+    t0 = time.perf_counter()
+    runtime = _runtime_for(args, (args.mode,))
+    if runtime is None:
+        return 1
+    files = _series_files(args.series_dir)
+    if not files:
+        print(f"isonode: no files in {args.series_dir}", file=sys.stderr)
+        return 1
+    from appliance.config import Route
+
+    route = Route(rule="command line", modes=(args.mode,), destinations=(), experimental_segments=args.experimental)
+    try:
+        output = run_pipeline(files, runtime, output_plan(config, args.mode, route))
+    except PERMANENT_ERRORS as exc:
+        print(f"isonode: cannot process the series: {exc}", file=sys.stderr)
+        return 1
+    t = time.perf_counter()
+    paths = write_results(args.out, output.objects, fsync=False)
+    output.timings["write_s"] = time.perf_counter() - t
+    output.timings["total_s"] = time.perf_counter() - t0
+    _print_choice(runtime, args.mode)
+    print(f"marching cubes {runtime.mc_backend}; runtime start {runtime.start_s:.2f} s")
+    for name, secs in output.timings.items():
+        print(f"{name:28s} {secs:8.3f} s")
+    for name, seg in output.segments.items():
+        print(f"segment {name:12s} {seg['volume_ml']:10.1f} ml {seg['triangles']:8d} triangles")
+    if not paths:
+        print("no segment found: nothing written")
+    for p in paths:
+        print(f"wrote {p}")
     return 0
 
 
@@ -154,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the DICOM node and the processing workers (foreground)")
     _add_common(serve)
     serve.add_argument("--port", type=int, default=None, help="override node.port")
+    serve.add_argument("--destination", action="append", default=[], metavar="AE@HOST:PORT",
+                       help="add a destination for the results (repeatable); with no routing rule, results go "
+                            "to every destination")
     serve.set_defaults(func=_cmd_serve)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -190,14 +288,44 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("series_dir", type=Path)
     seg.add_argument("--mode", choices=["preview", "full"], default="preview")
     seg.add_argument("--out", type=Path, required=True, help="OUT.nii.gz (label map on the original CT grid)")
-    seg.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "ct_chest")
-    seg.add_argument("--backend", choices=["auto", "tensorrt", "ort-gpu", "cpu"], default="auto")
-    seg.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
-                     help="CPU model: auto = whichever this CPU runs faster (timed once, cached next to the bundle)")
-    seg.add_argument("--threads", type=int, default=2)
-    seg.add_argument("--log-level", default="WARNING")
+    _add_runtime_flags(seg)
     seg.set_defaults(func=_cmd_segment)
+
+    proc = sub.add_parser("process", help="run the whole pipeline on a DICOM series folder -> Surface "
+                                          "Segmentation and SEG objects in --out (no network)")
+    proc.add_argument("series_dir", type=Path)
+    proc.add_argument("--mode", choices=["preview", "full"], default="preview")
+    proc.add_argument("--out", type=Path, required=True, help="folder for the .dcm objects (and STL/PLY)")
+    proc.add_argument("--config", type=Path, default=None, help="YAML config for meshing and output settings")
+    proc.add_argument("--experimental", action="store_true", help="also describe the experimental classes")
+    proc.add_argument("--no-seg", action="store_true", help="Surface Segmentation only, no DICOM SEG")
+    proc.add_argument("--mesh-files", default="", metavar="stl,ply", help="also write STL and/or PLY per segment")
+    proc.add_argument("--mc-backend", choices=["auto", "cpu", "cuda"], default="auto", help="marching cubes")
+    _add_runtime_flags(proc)
+    proc.set_defaults(func=_cmd_process)
+
+    outbox = sub.add_parser("outbox", help="deliveries of results to the destinations")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox_list = outbox_sub.add_parser("list", help="recent deliveries")
+    _add_common(outbox_list)
+    outbox_list.add_argument("--state", choices=["pending", "done", "failed"])
+    outbox_list.add_argument("--limit", type=int, default=50)
+    outbox_list.set_defaults(func=_cmd_outbox)
+    outbox_retry = outbox_sub.add_parser("retry", help="send a failed delivery again")
+    _add_common(outbox_retry)
+    outbox_retry.add_argument("delivery_id", type=int)
+    outbox_retry.set_defaults(func=_cmd_outbox)
     return parser
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "ct_chest")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "ort-gpu", "cpu"], default="auto",
+                   help="inference backend")
+    p.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
+                   help="CPU model: auto = whichever this CPU runs faster (timed once, cached next to the bundle)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-level", default="WARNING")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

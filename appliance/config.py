@@ -6,6 +6,7 @@ embedded defaults (SQLite + local spool under ./var, AE title ISONODE, port 1111
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 from pathlib import Path
@@ -91,6 +92,7 @@ class RouteConfig(_Strict):
     calling_ae_title: str | None = None
     called_ae_title: str | None = None
     completion_timeout_s: float | None = Field(None, gt=0)
+    complete_on_release: bool | None = None
 
     @model_validator(mode="after")
     def _matcher(self) -> RouteConfig:
@@ -106,6 +108,8 @@ class RouteConfig(_Strict):
 
 class SeriesConfig(_Strict):
     completion_timeout_s: float = Field(5.0, gt=0, description="idle time after which a series is complete")
+    complete_on_release: bool = Field(True, description="a series is complete when the association that "
+                                      "sent it is released (instances arriving later open a new version)")
     routes: list[RouteConfig] = Field(default_factory=list)
 
     def timeout_for(self, calling_ae: str, called_ae: str) -> float:
@@ -114,6 +118,12 @@ class SeriesConfig(_Strict):
                 return route.completion_timeout_s
         return self.completion_timeout_s
 
+    def complete_on_release_for(self, calling_ae: str, called_ae: str) -> bool:
+        for route in self.routes:
+            if route.matches(calling_ae, called_ae) and route.complete_on_release is not None:
+                return route.complete_on_release
+        return self.complete_on_release
+
 
 class RetentionConfig(_Strict):
     instances_days: float = Field(7.0, gt=0, description="keep received instances this long after processing")
@@ -121,12 +131,114 @@ class RetentionConfig(_Strict):
 
 
 class ProcessingConfig(_Strict):
-    backend: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "cpu", "cuda"] = Field("auto", description="marching cubes: CUDA where a GPU answers")
+    inference: Literal["auto", "tensorrt", "ort-gpu", "cpu"] = "auto"
+    precision: Literal["auto", "int8", "fp32"] = Field(
+        "auto", description="CPU model file: auto = whichever this CPU runs faster (timed once, cached)")
+    bundle: Path = Field(Path(__file__).resolve().parent.parent / "models" / "ct_chest",
+                         description="the model bundle directory (manifest.json + ONNX files)")
     workers: int = Field(1, ge=1, le=8)
     threads: int = Field(0, ge=0, description="CPU threads for inference and meshing; 0 = all cores")
     lease_s: float = Field(300.0, gt=0, description="a job whose worker stops renewing its lease is re-queued")
     max_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(10.0, ge=0)
+
+
+class DestinationConfig(_Strict):
+    """A DICOM peer that receives the results (C-STORE SCP)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _check_ae_title(v)
+
+
+Mode = Literal["preview", "full"]
+
+
+class SeriesFacts(BaseModel):
+    """What routing looks at: the association and a few attributes of the series (no patient data)."""
+
+    calling_ae: str = ""
+    called_ae: str = ""
+    modality: str = ""
+    body_part_examined: str = ""
+    series_description: str = ""
+
+
+class RoutingRule(_Strict):
+    """Matches a series on every key it sets (patterns: `*` and `?`, case-insensitive); the first rule
+    that matches decides the modes and destinations."""
+
+    name: str = Field(min_length=1)
+    calling_ae_title: str | None = None
+    called_ae_title: str | None = None
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    modes: list[Mode] = Field(default_factory=lambda: ["preview", "full"])
+    destinations: list[str] | None = Field(None, description="destination names; unset = every destination")
+    experimental_segments: bool = Field(False, description="also send the bundle's experimental classes")
+
+    def matches(self, facts: SeriesFacts) -> bool:
+        pairs = ((self.calling_ae_title, facts.calling_ae), (self.called_ae_title, facts.called_ae),
+                 (self.modality, facts.modality), (self.body_part_examined, facts.body_part_examined),
+                 (self.series_description, facts.series_description))
+        return all(pattern is None or fnmatch.fnmatchcase(value.strip().upper(), pattern.strip().upper())
+                   for pattern, value in pairs)
+
+
+class Route(BaseModel):
+    """What one series gets: the modes to run (preview first), where results go, which segments."""
+
+    model_config = ConfigDict(frozen=True)
+    rule: str
+    modes: tuple[Mode, ...]
+    destinations: tuple[str, ...]
+    experimental_segments: bool = False
+
+
+DEFAULT_ROUTE_NAME = "default"
+
+
+class RoutingConfig(_Strict):
+    rules: list[RoutingRule] = Field(default_factory=list)
+    default_modalities: list[str] = Field(default_factory=lambda: ["CT"],
+                                          description="with no matching rule, series of these modalities get "
+                                          "preview then full, sent to every destination")
+
+
+class MeshConfig(_Strict):
+    """Per-mode surface settings: specks dropped, Taubin smoothing, a triangle budget per segment."""
+
+    max_triangles: int = Field(ge=100, description="decimate each segment's surface to at most this many")
+    smoothing_iterations: int = Field(ge=0, le=200)
+    min_component_ml: float = Field(ge=0, description="drop disconnected pieces smaller than this")
+
+
+class MeshingConfig(_Strict):
+    preview: MeshConfig = MeshConfig(max_triangles=20000, smoothing_iterations=8, min_component_ml=1.0)
+    full: MeshConfig = MeshConfig(max_triangles=150000, smoothing_iterations=12, min_component_ml=0.2)
+
+
+class OutputConfig(_Strict):
+    """Which objects a result series holds besides the Surface Segmentation."""
+
+    seg: bool = Field(True, description="binary DICOM SEG on the CT grid (most viewers read SEG, few surfaces)")
+    mesh_files: list[Literal["stl", "ply"]] = Field(default_factory=list,
+                                                    description="also write STL/PLY per segment (not sent)")
+
+
+class OutboxConfig(_Strict):
+    retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles each attempt")
+    retry_max_s: float = Field(300.0, gt=0)
+    max_failure_statuses: int = Field(5, ge=1, description="a destination refusing this often: failed")
+    max_age_h: float = Field(72.0, gt=0, description="undelivered this long: failed (kept on disk, retryable)")
 
 
 class LoggingConfig(_Strict):
@@ -139,7 +251,41 @@ class AppConfig(_Strict):
     series: SeriesConfig = SeriesConfig()
     retention: RetentionConfig = RetentionConfig()
     processing: ProcessingConfig = ProcessingConfig()
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    routing: RoutingConfig = RoutingConfig()
+    meshing: MeshingConfig = MeshingConfig()
+    output: OutputConfig = OutputConfig()
+    outbox: OutboxConfig = OutboxConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _known_destinations(self) -> AppConfig:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destinations: name {dupes[0]!r} is used twice")
+        for i, rule in enumerate(self.routing.rules):
+            unknown = sorted(set(rule.destinations or ()) - set(names))
+            if unknown:
+                raise ValueError(f"routing.rules.{i}.destinations: {unknown[0]!r} is not a configured destination")
+        return self
+
+    def route_for(self, facts: SeriesFacts) -> Route | None:
+        """The first matching rule's route; without one, the default (preview then full to every
+        destination) for the default modalities; None: the series is stored, not processed."""
+        every = tuple(d.name for d in self.destinations)
+        for rule in self.routing.rules:
+            if rule.matches(facts):
+                modes = tuple(m for m in ("preview", "full") if m in rule.modes)
+                dests = every if rule.destinations is None else tuple(rule.destinations)
+                return Route(rule=rule.name, modes=modes, destinations=dests,
+                             experimental_segments=rule.experimental_segments)
+        if facts.modality.strip().upper() in {m.upper() for m in self.routing.default_modalities}:
+            return Route(rule=DEFAULT_ROUTE_NAME, modes=("preview", "full"), destinations=every)
+        return None
+
+    def destination(self, name: str) -> DestinationConfig | None:
+        return next((d for d in self.destinations if d.name == name), None)
 
     @property
     def data_dir(self) -> Path:
@@ -196,8 +342,33 @@ def load_config(path: Path | None) -> AppConfig:
     return parse_config(text, str(path))
 
 
-def with_overrides(config: AppConfig, *, port: int | None = None, data_dir: Path | None = None) -> AppConfig:
-    """Apply command-line flags, which win over the file."""
+_DESTINATION_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def parse_destination(text: str) -> DestinationConfig:
+    """`AE@HOST:PORT` (the `--destination` flag) -> a destination named after its AE title."""
+    m = _DESTINATION_RE.match(text.strip())
+    if not m:
+        raise ConfigError(f"--destination {text!r}: expected AE@HOST:PORT, e.g. PACS@10.0.0.5:104")
+    try:
+        return DestinationConfig(name=m["ae"].strip(), ae_title=m["ae"], host=m["host"].strip("[]"),
+                                 port=int(m["port"]))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(f"--destination {text!r}", exc)) from exc
+
+
+def with_overrides(config: AppConfig, *, port: int | None = None, data_dir: Path | None = None,
+                   destinations: list[str] | None = None) -> AppConfig:
+    """Apply command-line flags, which win over the file; `--destination` adds to the config's list."""
     node = config.node if port is None else config.node.model_copy(update={"port": port})
     storage = config.storage if data_dir is None else config.storage.model_copy(update={"data_dir": Path(data_dir)})
-    return config.model_copy(update={"node": node, "storage": storage})
+    extra = [parse_destination(d) for d in destinations or ()]
+    taken = {d.name for d in config.destinations}
+    for i, dest in enumerate(extra):
+        name, n = dest.name, 2
+        while name in taken:  # the same AE title twice (two hosts): a distinct name for each
+            name, n = f"{dest.name}-{n}", n + 1
+        taken.add(name)
+        extra[i] = dest.model_copy(update={"name": name})
+    return config.model_copy(update={"node": node, "storage": storage,
+                                     "destinations": [*config.destinations, *extra]})

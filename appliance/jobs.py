@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,17 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before)
 
 JOB_STATES = ("queued", "running", "done", "failed")
 PROCESS_SERIES = "process_series"
+
+# The next job to run: queued and due, or running with an expired lease. Previews go first, across
+# series (an ER preview must not wait behind another study's full run), and a series version's full job
+# waits while its preview job is still queued or running, so the preview reaches the PACS first.
+CLAIMABLE = """
+SELECT * FROM jobs WHERE ((state = 'queued' AND not_before <= ?) OR (state = 'running' AND lease_expires_at < ?))
+  AND NOT (mode != 'preview' AND EXISTS (
+      SELECT 1 FROM jobs AS p WHERE p.kind = jobs.kind AND p.series_uid = jobs.series_uid
+        AND p.series_version = jobs.series_version AND p.mode = 'preview' AND p.state IN ('queued', 'running')))
+ORDER BY CASE mode WHEN 'preview' THEN 0 ELSE 1 END, id LIMIT 1
+"""
 
 
 @dataclass(frozen=True)
@@ -109,11 +121,7 @@ class JobQueue:
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
             while True:
-                row = conn.execute(
-                    "SELECT * FROM jobs WHERE (state = 'queued' AND not_before <= ?)"
-                    " OR (state = 'running' AND lease_expires_at < ?) ORDER BY id LIMIT 1",
-                    (now, now),
-                ).fetchone()
+                row = conn.execute(CLAIMABLE, (now, now)).fetchone()
                 if row is None:
                     return None
                 if row["attempts"] >= row["max_attempts"]:
@@ -130,24 +138,30 @@ class JobQueue:
                 )
                 return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
 
-    def _update_owned(self, job_id: int, owner: str, sql: str, params: tuple[Any, ...]) -> None:
+    def _update_owned(self, job_id: int, owner: str, sql: str, params: tuple[Any, ...],
+                      also: Callable[[sqlite3.Connection], None] | None = None) -> None:
         with self.db.transaction() as conn:
             cur = conn.execute(sql + " WHERE id = ? AND state = 'running' AND lease_owner = ?",
                                (*params, job_id, owner))
             if cur.rowcount != 1:
                 raise LeaseLostError(f"job {job_id} is no longer leased by {owner}")
+            if also is not None:
+                also(conn)
 
     def renew(self, job_id: int, owner: str, lease_s: float) -> None:
         now = time.time()
         self._update_owned(job_id, owner, "UPDATE jobs SET lease_expires_at = ?, updated_at = ?",
                            (now + lease_s, now))
 
-    def complete(self, job_id: int, owner: str, result: dict[str, Any]) -> None:
+    def complete(self, job_id: int, owner: str, result: dict[str, Any],
+                 also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Mark the job done; `also` runs in the same transaction (the outbox enqueues the job's deliveries
+        there, so a crash leaves either a running job or a done job with all its deliveries)."""
         self._update_owned(
             job_id, owner,
             "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?,"
             " result = ?, last_error = NULL",
-            (time.time(), json.dumps(result)),
+            (time.time(), json.dumps(result)), also,
         )
 
     def fail(self, job_id: int, owner: str, error: str, *, retryable: bool) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -14,19 +15,23 @@ from types import FrameType
 from appliance.completion import SeriesCompletion
 from appliance.config import AppConfig
 from appliance.jobs import JobQueue
+from appliance.outbox import Outbox, OutboxSender
 from appliance.retention import sweep
+from appliance.routing import Router
+from appliance.runtime import Runtime, build_runtime
 from appliance.worker import Worker
 from dicom_node.database import Database
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.recovery import recover_spool
 from dicom_node.scp import PeerRule, ScpSettings, StorageScp, spool_layout
-from kernels import backend_status, select_backend
+from dicom_node.spool import store_durably
 
 logger = logging.getLogger(__name__)
 
 COMPLETION_POLL_S = 0.5
 RETENTION_INTERVAL_S = 600.0
+RUNTIME_FILE = "runtime.json"  # what this node chose at start, for `isonode status` (another process)
 
 
 class DataDirLockedError(RuntimeError):
@@ -64,7 +69,14 @@ def scp_settings(config: AppConfig) -> ScpSettings:
     )
 
 
+def make_outbox(db: Database, config: AppConfig) -> Outbox:
+    return Outbox(db, config.results_dir)
+
+
 class Node:
+    """One appliance: the SCP receives, completion queues jobs by route, workers run the pipeline with the
+    runtime chosen at start, the outbox sender delivers; all state in one SQLite database."""
+
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self._lock_fd = _lock_data_dir(config.data_dir)
@@ -72,15 +84,24 @@ class Node:
         self.index = InstanceIndex(self.db)
         self.jobs = JobQueue(self.db, max_attempts=config.processing.max_attempts,
                              retry_backoff_s=config.processing.retry_backoff_s)
+        self.outbox = make_outbox(self.db, config)
         self.spool = spool_layout(config.spool_dir)
-        self.completion = SeriesCompletion(self.index, self.jobs, config.series)
-        self.scp = StorageScp(scp_settings(config), self.spool, self.index)
-        self.workers = [
-            Worker(f"worker-{i}", self.jobs, self.index, self.spool.root, config.results_dir,
-                   lease_s=config.processing.lease_s)
-            for i in range(config.processing.workers)
-        ]
+        self.router = Router(config, self.index, self.spool.root)
+        self.work_ready = threading.Event()
+        self.completion = SeriesCompletion(self.index, self.jobs, config.series, self.router.modes,
+                                           on_queued=self.work_ready.set)
+        self.scp = StorageScp(scp_settings(config), self.spool, self.index, on_released=self._on_released)
+        ob = config.outbox
+        self.sender = OutboxSender(self.outbox, calling_ae_title=config.node.ae_title,
+                                   backoff_base_s=ob.retry_base_s, backoff_cap_s=ob.retry_max_s,
+                                   max_status_failures=ob.max_failure_statuses, max_age_s=ob.max_age_h * 3600.0,
+                                   max_pdu_size=config.node.max_pdu_size)
+        self.runtime: Runtime | None = None
+        self.workers: list[Worker] = []
         self._stop = threading.Event()
+
+    def _on_released(self, series_uids: set[str], calling_ae: str, called_ae: str) -> None:
+        self.completion.complete_released(series_uids, calling_ae, called_ae)
 
     def recover(self) -> None:
         report = recover_spool(self.spool, self.index)
@@ -88,20 +109,31 @@ class Node:
         log_event(logger, "node.recovered", temp_files_removed=report.temp_files_removed,
                   reindexed=report.reindexed, unreadable=report.unreadable, jobs_requeued=requeued)
 
-    def probe_backends(self) -> None:
+    def build_runtime(self) -> Runtime:
         """Choose the compute back ends once, at start, and say which and why (a forced one must work)."""
-        mc = select_backend(self.config.processing.backend)
-        status = backend_status()
-        log_event(logger, "node.backends", marching_cubes=mc, requested=self.config.processing.backend,
-                  cuda_available=status.cuda_available, device=status.device, reason=status.reason,
-                  cpu_threads=status.cpu_threads)
+        p = self.config.processing
+        runtime = build_runtime(p.bundle, inference=p.inference, precision=p.precision, mc_backend=p.backend,
+                                threads=p.threads)
+        info = runtime.describe() | {"pid": os.getpid(), "started_at": time.time(),
+                                     "destinations": [d.model_dump() for d in self.config.destinations]}
+        store_durably(self.config.data_dir / RUNTIME_FILE, json.dumps(info, indent=1).encode())
+        return runtime
 
     def start(self) -> tuple[str, int]:
-        self.probe_backends()
+        self.runtime = self.build_runtime()
         self.recover()
+        self.workers = [
+            Worker(f"worker-{i}", self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
+                   self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify)
+            for i in range(self.config.processing.workers)
+        ]
         address = self.scp.start()
         for w in self.workers:
             w.start()
+        self.sender.start()
+        if not self.config.destinations:
+            log_event(logger, "node.no_destinations", level=logging.WARNING,
+                      hint="results are kept under the data dir; add destinations (or --destination AE@HOST:PORT)")
         return address
 
     def run_until_stopped(self) -> None:
@@ -126,6 +158,7 @@ class Node:
 
     def shutdown(self) -> None:
         self.scp.stop()
+        self.sender.stop()
         for w in self.workers:
             w.stop()
         for w in self.workers:

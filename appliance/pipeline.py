@@ -1,21 +1,52 @@
-"""The processing pipeline of one series version: pure stages, volume in, arrays out.
+"""The processing pipeline of one series version, as pure stages with typed seams:
 
-Today the pipeline assembles and checks the volume and records its geometry; segmentation, meshing and
-the DICOM results plug in as further stages (see ../shared/ARCHITECTURE.md).
+    files -> `read_series` -> SeriesInput (Volume + source description)
+          -> `segment_volume` -> SegmentationResult (labels on the model grid)
+          -> `mesh_result` -> one Mesh per segment (patient LPS mm)
+          -> `encode_results` -> ResultObject list (Surface Segmentation, SEG, optional STL/PLY)
+          -> `write_results` -> files under the job's result directory
+
+The worker (`appliance.worker`), `isonode process` and `isonode segment` all run these functions with
+one `Runtime` (`appliance.runtime`), so what a test or the CLI measures is what the node ships.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import shutil
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
 
+from appliance.inference.bundle import Label, ModelBundle
+from appliance.inference.grid import grid_of
+from appliance.inference.segment import SegmentationResult, segment_array
+from appliance.meshing import MeshSettings, SegmentMeshes, mesh_segments
+from appliance.runtime import Runtime
+from dicom_node.derived import (
+    AlgorithmInfo,
+    Code,
+    Equipment,
+    ResultSeries,
+    SegmentInfo,
+    SourceRef,
+    SourceSeries,
+    part10_bytes,
+)
 from dicom_node.spool import store_durably
 from dicom_node.volume import Volume, assemble_volume
+from kernels.mesh import Mesh
+from kernels.mesh_io import ply_bytes, stl_bytes
+
+SURFACE_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.5"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# Result series numbers: far above what scanners use, preview before full in a viewer's series list.
+RESULT_SERIES_NUMBER = {"preview": 9901, "full": 9902}
+MM3_PER_ML = 1000.0
 
 
 @dataclass(frozen=True)
@@ -42,19 +73,226 @@ def summarize_volume(volume: Volume) -> VolumeSummary:
         hu_min=float(arr.min()) if arr.size else 0.0,
         hu_max=float(arr.max()) if arr.size else 0.0,
         dtype=str(arr.dtype),
-        instances=len(volume.source_instances),
-        resampled_from=getattr(volume, "resampled_from", None),
-        warnings=list(getattr(volume, "warnings", ()) or ()),
+        instances=len({s.sop_instance_uid for s in volume.source_instances}),
+        resampled_from=volume.resampled_from,
+        warnings=list(volume.warnings),
     )
 
 
-def process_series(files: Sequence[Path]) -> VolumeSummary:
-    """Assemble the series and summarise it; raises VolumeError for input the node cannot process."""
-    return summarize_volume(assemble_volume([Path(f) for f in files]))
+@dataclass
+class SeriesInput:
+    """The assembled volume and what the result objects need to say about their source."""
+
+    volume: Volume
+    source: SourceSeries
+    headers: list[Dataset]  # source instances in volume order (one per distinct SOP instance), no pixels
 
 
-def write_result(results_dir: Path, series_uid: str, version: int, mode: str, summary: VolumeSummary) -> Path:
-    """Persist the job's result atomically; returns its path."""
-    path = results_dir / series_uid / f"v{version}-{mode}" / "volume.json"
-    store_durably(path, json.dumps(asdict(summary), indent=2).encode() + os.linesep.encode())
-    return path
+def read_series(files: Sequence[Path]) -> SeriesInput:
+    """Assemble the series (raises VolumeError / PixelDecodeError for input the node cannot process) and
+    read the source headers the result objects copy and reference."""
+    volume = assemble_volume([Path(f) for f in files])
+    by_uid: dict[str, Dataset] = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        by_uid[str(ds.SOPInstanceUID)] = ds
+    ordered_uids = list(dict.fromkeys(s.sop_instance_uid for s in volume.source_instances))
+    headers = [by_uid[u] for u in ordered_uids]
+    source = SourceSeries(
+        header=headers[0],
+        study_instance_uid=volume.study_instance_uid,
+        series_instance_uid=volume.series_instance_uid,
+        frame_of_reference_uid=volume.frame_of_reference_uid,
+        instances=tuple(SourceRef(s.sop_class_uid, s.sop_instance_uid, s.frame_number)
+                        for s in volume.source_instances),
+    )
+    return SeriesInput(volume, source, headers)
+
+
+def segment_volume(volume: Volume, runtime: Runtime, mode: str) -> SegmentationResult:
+    """The bundle's `mode` on the volume with the runtime's backend for that mode."""
+    return segment_array(volume.array, volume.affine, runtime.bundle, mode, runtime.backend(mode))
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a result series holds, decided by the route and the config."""
+
+    mode: str
+    mesh: MeshSettings
+    experimental_segments: bool = False
+    seg: bool = True
+    mesh_files: tuple[str, ...] = ()
+
+
+def output_labels(bundle: ModelBundle, experimental: bool) -> list[Label]:
+    """The bundle's classes a result describes: the validated ones, plus the experimental ones where a
+    route asks for them (on expert-labelled abdomens the experimental liver covers 10-17% of the liver)."""
+    return [lab for lab in bundle.manifest.labels if experimental or not lab.experimental]
+
+
+def mesh_result(result: SegmentationResult, labels: Sequence[Label], settings: MeshSettings,
+                runtime: Runtime) -> SegmentMeshes:
+    """One cleaned surface per class in `labels` that is present, on the model grid, in LPS mm."""
+    return mesh_segments(result.labels, result.affine, [lab.value for lab in labels], settings,
+                         backend=runtime.mc_backend, threads=runtime.threads)
+
+
+def segment_infos(labels: Sequence[Label], present: set[int]) -> list[SegmentInfo]:
+    """Segments numbered 1..n in bundle order over the classes that have a surface."""
+    out = []
+    for lab in labels:
+        if lab.value not in present:
+            continue
+        out.append(SegmentInfo(
+            number=len(out) + 1, label_value=lab.value, label=lab.type.meaning,
+            category=Code(lab.category.code, lab.category.scheme, lab.category.meaning),
+            type=Code(lab.type.code, lab.type.scheme, lab.type.meaning),
+            color_rgb=tuple(lab.color), tracking_id=lab.name))  # type: ignore[arg-type]
+    return out
+
+
+def result_series(bundle: ModelBundle, mode: str) -> ResultSeries:
+    from pydicom.uid import generate_uid
+
+    name, version = bundle.manifest.name, bundle.manifest.version
+    what = "3D preview, not for diagnosis alone" if mode == "preview" else "3D segmentation"
+    return ResultSeries(
+        series_instance_uid=generate_uid(),
+        series_number=RESULT_SERIES_NUMBER[mode],
+        series_description=f"{mode.upper()} {what} ({name} {version})"[:64],
+        content_label=mode.upper(),
+        content_description=f"{name} {version} {mode}"[:64],
+    )
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One file of a result series. DICOM objects carry their SOP class and instance and are sent;
+    STL/PLY files are kept beside them for people and tools outside DICOM."""
+
+    filename: str
+    data: bytes
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.sop_class_uid is not None
+
+
+def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes: dict[int, Mesh],
+                   plan: OutputPlan, bundle: ModelBundle, series: ResultSeries, *,
+                   equipment: Equipment | None = None) -> tuple[list[ResultObject], dict[str, float]]:
+    """The result series' objects: Surface Segmentation of every meshed segment, a binary SEG of the same
+    segments on the CT grid, STL/PLY per segment where asked; and the seconds each took."""
+    from dicom_node.seg import build_segmentation
+    from dicom_node.surface_seg import SurfaceSegmentation
+
+    equipment = equipment or Equipment()
+    algorithm = AlgorithmInfo(bundle.manifest.name, bundle.manifest.version)
+    labels = output_labels(bundle, plan.experimental_segments)
+    segments = segment_infos(labels, set(meshes))
+    timings: dict[str, float] = {}
+    objects: list[ResultObject] = []
+    if not segments:
+        return objects, timings
+    t = time.perf_counter()
+    surf = SurfaceSegmentation(source=series_input.source, series=series,
+                               surfaces=[(s, meshes[s.label_value]) for s in segments],
+                               algorithm=algorithm, equipment=equipment)
+    surf_ds = _dataset(surf)
+    objects.append(ResultObject("surfaces.dcm", part10_bytes(surf_ds), SURFACE_SEGMENTATION_STORAGE,
+                                str(surf_ds.SOPInstanceUID)))
+    timings["surface_seg_s"] = time.perf_counter() - t
+    if plan.seg:
+        t = time.perf_counter()
+        volume = series_input.volume
+        on_ct = result.labels_on(grid_of(volume.array, volume.affine))
+        keep = np.zeros(256, dtype=np.uint8)
+        keep[[s.label_value for s in segments]] = [s.label_value for s in segments]
+        on_ct = keep[on_ct]  # classes the result does not describe (experimental) become background
+        present = set(np.flatnonzero(np.bincount(on_ct.ravel(), minlength=256)).tolist())
+        seg_segments = [s for s in segments if s.label_value in present]
+        seg_segments = [SegmentInfo(i + 1, s.label_value, s.label, s.category, s.type, s.color_rgb, s.tracking_id)
+                        for i, s in enumerate(seg_segments)]
+        timings["to_ct_grid_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if seg_segments:
+            seg_series = ResultSeries(series.series_instance_uid, series.series_number, series.series_description,
+                                      series.content_label, series.content_description, instance_number=2)
+            seg_ds = build_segmentation(on_ct, volume.affine, series_input.headers, seg_segments, algorithm,
+                                        equipment, seg_series, resampled=volume.resampled_from is not None)
+            objects.append(ResultObject("seg.dcm", part10_bytes(seg_ds), SEGMENTATION_STORAGE,
+                                        str(seg_ds.SOPInstanceUID)))
+        timings["seg_s"] = time.perf_counter() - t
+    for kind in plan.mesh_files:
+        encode = stl_bytes if kind == "stl" else ply_bytes
+        for s in segments:
+            objects.append(ResultObject(f"{s.number:02d}_{s.tracking_id}.{kind}", encode(meshes[s.label_value])))
+    return objects, timings
+
+
+def _dataset(obj: object) -> Dataset:
+    """The IOD classes are pydicom Datasets, or hold one in `.dataset`."""
+    return obj if isinstance(obj, Dataset) else obj.dataset  # type: ignore[attr-defined]
+
+
+def write_results(out_dir: Path, objects: Sequence[ResultObject], *, fsync: bool = True,
+                  replace: bool = False) -> list[Path]:
+    """Write every object durably (temp file, fsync, rename) into `out_dir`. `replace` empties the folder
+    first: a job's folder holds what an interrupted attempt left, which was never queued for delivery."""
+    if replace and out_dir.exists():
+        shutil.rmtree(out_dir)
+    paths = []
+    for o in objects:
+        store_durably(out_dir / o.filename, o.data, fsync=fsync)
+        paths.append(out_dir / o.filename)
+    return paths
+
+
+@dataclass
+class PipelineOutput:
+    """What one run produced and how long each stage took (seconds), for the job record and the log."""
+
+    objects: list[ResultObject]
+    volume: VolumeSummary
+    series_instance_uid: str | None
+    segments: dict[str, dict[str, float]]  # class name -> {triangles, volume_ml}
+    timings: dict[str, float] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"volume": asdict(self.volume), "result_series": self.series_instance_uid,
+                "segments": self.segments, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+                "backends": self.backends}
+
+
+def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan) -> PipelineOutput:
+    """Every stage on one series: read, segment, mesh, encode. Writing and delivery are the caller's."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    series_input = read_series(files)
+    timings["read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    result = segment_volume(series_input.volume, runtime, plan.mode)
+    timings["segment_s"] = time.perf_counter() - t
+    timings.update({f"segment.{k}": v for k, v in result.timings.items()})
+    t = time.perf_counter()
+    labels = output_labels(runtime.bundle, plan.experimental_segments)
+    meshed = mesh_result(result, labels, plan.mesh, runtime)
+    timings["mesh_s"] = time.perf_counter() - t
+    timings.update({f"mesh.{k}": v for k, v in meshed.timings.items()})
+    t = time.perf_counter()
+    series = result_series(runtime.bundle, plan.mode)
+    objects, enc_timings = encode_results(series_input, result, meshed.meshes, plan, runtime.bundle, series)
+    timings["encode_s"] = time.perf_counter() - t
+    timings.update({f"encode.{k}": v for k, v in enc_timings.items()})
+    voxel_ml = abs(float(np.linalg.det(result.affine[:3, :3]))) / MM3_PER_ML
+    counts = np.bincount(result.labels.ravel(), minlength=256)
+    segments = {lab.name: {"triangles": len(meshed.meshes[lab.value].triangles),
+                           "volume_ml": round(float(counts[lab.value]) * voxel_ml, 1)}
+                for lab in labels if lab.value in meshed.meshes}
+    series_uid = series.series_instance_uid if objects else None
+    return PipelineOutput(objects, summarize_volume(series_input.volume), series_uid, segments, timings,
+                          runtime.describe_mode(plan.mode))

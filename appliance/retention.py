@@ -2,7 +2,8 @@
 
 The index row goes first (one transaction), the files after: a crash in between leaves files the
 start-up recovery re-indexes and the next sweep deletes again, never an index entry without its file.
-A series with a job still queued or running is never touched.
+A series with a job still queued or running is never touched, and neither is a result folder with a
+delivery still pending (nothing is deleted before its destination acknowledged it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def _remove_empty_parents(path: Path, stop: Path) -> None:
             return
 
 
+def _undelivered_result_dirs(db: Database) -> set[str]:
+    """Result folders ("<series>/<version-mode>") that hold a file still pending delivery."""
+    conn = db.connection
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone() is None:
+        return set()
+    rows = conn.execute("SELECT DISTINCT relpath FROM outbox WHERE state = 'pending'")
+    return {"/".join(r["relpath"].split("/")[:2]) for r in rows}
+
+
 def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionConfig,
           now: float | None = None) -> SweepReport:
     now = time.time() if now is None else now
@@ -59,8 +69,11 @@ def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionCo
         instances_deleted += 1
     result_dirs = 0
     cutoff = now - config.results_days * DAY_S
+    undelivered = _undelivered_result_dirs(db)
     if results_dir.exists():
         for version_dir in results_dir.glob("*/*"):
+            if version_dir.relative_to(results_dir).as_posix() in undelivered:
+                continue
             if version_dir.is_dir() and version_dir.stat().st_mtime < cutoff:
                 shutil.rmtree(version_dir, ignore_errors=True)
                 _remove_empty_parents(version_dir, results_dir)

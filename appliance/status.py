@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from appliance.config import AppConfig
 from appliance.jobs import JobQueue
+from appliance.node import RUNTIME_FILE, make_outbox
 from dicom_node.database import Database
 from dicom_node.index import InstanceIndex
 from dicom_node.spool import free_bytes
@@ -16,6 +18,7 @@ def collect_status(config: AppConfig) -> dict[str, Any]:
     try:
         index = InstanceIndex(db)
         jobs = JobQueue(db)
+        outbox = make_outbox(db, config)
         counts = index.counts()
         return {
             "data_dir": str(config.data_dir),
@@ -31,6 +34,16 @@ def collect_status(config: AppConfig) -> dict[str, Any]:
                  "attempts": j.attempts, "error": j.last_error}
                 for j in jobs.list(state="failed", limit=20)
             ],
+            "outbox": {"states": outbox.counts(), "destinations": outbox.counts_by_destination()},
+            "runtime": _runtime(config),
         }
     finally:
         db.close()
+
+
+def _runtime(config: AppConfig) -> dict[str, Any] | None:
+    """What the node chose at its last start (written by `isonode serve`); None before the first start."""
+    try:
+        return json.loads((config.data_dir / RUNTIME_FILE).read_text())
+    except (OSError, ValueError):
+        return None

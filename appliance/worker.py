@@ -1,4 +1,5 @@
-"""Job workers: claim a job, renew its lease while the pipeline runs, record the outcome."""
+"""Job workers: claim a job, renew its lease while the pipeline runs, write the results, and complete the
+job and queue its deliveries in one transaction."""
 
 from __future__ import annotations
 
@@ -7,37 +8,65 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 
+from appliance.config import AppConfig, Route
 from appliance.jobs import Job, JobQueue, LeaseLostError
-from appliance.pipeline import process_series, write_result
+from appliance.meshing import MeshSettings
+from appliance.outbox import Destination, Outbox, OutboxFile
+from appliance.pipeline import OutputPlan, PipelineOutput, run_pipeline, write_results
+from appliance.routing import Router
+from appliance.runtime import Runtime
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.pixels import PixelDecodeError
+from dicom_node.seg import SegError
+from dicom_node.surface_seg import SurfaceSegmentationError
 from dicom_node.volume import VolumeError
 
 logger = logging.getLogger(__name__)
 
-# Input problems: retrying cannot help, the job fails at once with the reason.
-PERMANENT_ERRORS = (VolumeError, PixelDecodeError)
+# Input problems: retrying cannot help, the job fails at once with the reason (a writer refusing what the
+# pipeline made from this series would refuse it again).
+PERMANENT_ERRORS = (VolumeError, PixelDecodeError, SegError, SurfaceSegmentationError)
+PRIORITY = {"preview": 0, "full": 1}  # outbox order: a preview never waits behind a full result
+
+
+def output_plan(config: AppConfig, mode: str, route: Route | None) -> OutputPlan:
+    mesh = getattr(config.meshing, mode)
+    return OutputPlan(
+        mode=mode,
+        mesh=MeshSettings(mesh.max_triangles, mesh.smoothing_iterations, mesh.min_component_ml * 1000.0),
+        experimental_segments=bool(route and route.experimental_segments),
+        seg=config.output.seg,
+        mesh_files=tuple(config.output.mesh_files),
+    )
 
 
 class Worker(threading.Thread):
-    def __init__(self, name: str, jobs: JobQueue, index: InstanceIndex, spool_root: Path, results_dir: Path,
-                 *, lease_s: float, poll_s: float = 0.5) -> None:
+    def __init__(self, name: str, jobs: JobQueue, index: InstanceIndex, spool_root: Path, config: AppConfig,
+                 runtime: Runtime, router: Router, outbox: Outbox, *, wake: threading.Event | None = None,
+                 on_delivery_queued: Callable[[], None] | None = None, poll_s: float = 0.5) -> None:
         super().__init__(name=name, daemon=True)
         self.jobs = jobs
         self.index = index
         self.spool_root = spool_root
-        self.results_dir = results_dir
-        self.lease_s = lease_s
+        self.config = config
+        self.results_dir = config.results_dir
+        self.runtime = runtime
+        self.router = router
+        self.outbox = outbox
+        self.lease_s = config.processing.lease_s
         self.poll_s = poll_s
+        self.wake = wake or threading.Event()
+        self.on_delivery_queued = on_delivery_queued
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
         self._stop_event.set()
+        self.wake.set()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -47,7 +76,8 @@ class Worker(threading.Thread):
                 logger.exception("worker.claim_failed")
                 job = None
             if job is None:
-                self._stop_event.wait(self.poll_s)
+                self.wake.wait(self.poll_s)
+                self.wake.clear()
                 continue
             self._run_job(job)
 
@@ -67,11 +97,16 @@ class Worker(threading.Thread):
         renewer.start()
         t0 = time.perf_counter()
         try:
-            files = [self.spool_root / rel for rel in self.index.series_files(job.series_uid)]
-            summary = process_series(files)
-            result_path = write_result(self.results_dir, job.series_uid, job.series_version, job.mode, summary)
-            result = {"volume": asdict(summary), "result_path": str(result_path),
-                      "seconds": round(time.perf_counter() - t0, 3)}
+            files = [self.spool_root / rel
+                     for rel in self.index.series_files(job.series_uid, up_to_version=job.series_version)]
+            sv = self.index.version(job.series_uid, job.series_version)
+            route = self.router.route(sv) if sv is not None else None
+            output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route))
+            t = time.perf_counter()
+            out_dir = self.results_dir / job.series_uid / f"v{job.series_version}-{job.mode}"
+            write_results(out_dir, output.objects, fsync=self.config.storage.fsync, replace=True)
+            output.timings["write_s"] = time.perf_counter() - t
+            output.timings["total_s"] = time.perf_counter() - t0
         except PERMANENT_ERRORS as exc:
             done.set()
             self._record_failure(job, f"{type(exc).__name__}: {exc}", retryable=False)
@@ -82,13 +117,46 @@ class Worker(threading.Thread):
             self._record_failure(job, f"{type(exc).__name__}: {exc}", retryable=True)
             return
         done.set()
+        destinations = self._destinations(route)
+        deliveries = [OutboxFile((out_dir / o.filename).relative_to(self.results_dir).as_posix(),
+                                 o.sop_class_uid, o.sop_instance_uid)
+                      for o in output.objects if o.is_dicom]
+        result = output.record() | {"result_dir": str(out_dir.relative_to(self.results_dir)),
+                                    "route": route.rule if route else None,
+                                    "destinations": [d.name for d in destinations]}
+
+        def queue_deliveries(conn) -> None:  # noqa: ANN001 - sqlite3.Connection, same transaction as complete
+            now = time.time()
+            for dest in destinations:
+                if deliveries:
+                    self.outbox.enqueue_in(conn, destination=dest, files=deliveries, job_id=job.id,
+                                           priority=PRIORITY.get(job.mode, 1), now=now)
+
         try:
-            self.jobs.complete(job.id, self.owner, result)
+            self.jobs.complete(job.id, self.owner, result, also=queue_deliveries)
         except LeaseLostError:
             log_event(logger, "job.lease_lost", level=logging.ERROR, job=job.id)
             return
+        if deliveries and destinations and self.on_delivery_queued is not None:
+            self.on_delivery_queued()
+        self._log_done(job, output, destinations)
+
+    def _destinations(self, route: Route | None) -> list[Destination]:
+        out = []
+        for name in route.destinations if route else ():
+            d = self.config.destination(name)
+            if d is not None:
+                out.append(Destination(d.name, d.ae_title, d.host, d.port))
+        return out
+
+    def _log_done(self, job: Job, output: PipelineOutput, destinations: list[Destination]) -> None:
+        main = ("read_s", "segment_s", "mesh_s", "encode_s", "write_s", "total_s")
         log_event(logger, "job.done", job=job.id, series=job.series_uid, version=job.series_version,
-                  seconds=result["seconds"], shape=summary.shape_zyx)
+                  mode=job.mode, shape=output.volume.shape_zyx, result_series=output.series_instance_uid,
+                  objects=len(output.objects), destinations=[d.name for d in destinations],
+                  seconds=round(output.timings.get("total_s", 0.0), 3),
+                  stages={k: round(output.timings[k], 3) for k in main if k in output.timings},
+                  backends=output.backends, segments=output.segments)
 
     def _record_failure(self, job: Job, error: str, *, retryable: bool) -> None:
         try:

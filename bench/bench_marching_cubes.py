@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import backend_status, marching_cubes
+from kernels import backend_status, marching_cubes, marching_cubes_labels
 from kernels.backend import cpu_threads
 
 CT_CASE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lidc_idri_0314_chest_1mm" / "ct_dicom"
@@ -114,8 +114,13 @@ def bench_case(case: str, vol: np.ndarray, level: float, affine: np.ndarray | No
 
     add("isonode cpu 1 thread", lambda: len(marching_cubes(vol, level, affine, "cpu", threads=1).triangles))
     add(f"isonode cpu {nthreads} threads", lambda: len(marching_cubes(vol, level, affine, "cpu").triangles))
-    add("vtkFlyingEdges3D 1 thread", vtk_runner(vol, level, 1))
-    add(f"vtkFlyingEdges3D {nthreads} threads", vtk_runner(vol, level, nthreads))
+    try:
+        import vtk  # noqa: F401 - the reference; the GPU machine has none (make gpu-check)
+
+        add("vtkFlyingEdges3D 1 thread", vtk_runner(vol, level, 1))
+        add(f"vtkFlyingEdges3D {nthreads} threads", vtk_runner(vol, level, nthreads))
+    except ImportError:
+        print(f"{case}: vtk not installed, VTK rows skipped")
     from skimage.measure import marching_cubes as sk_mc
 
     add("skimage (lewiner)", lambda: len(sk_mc(vol, level)[1]), reps=1 if vol.size > 64e6 else repeats)
@@ -136,6 +141,25 @@ def bench_case(case: str, vol: np.ndarray, level: float, affine: np.ndarray | No
     return rows
 
 
+def bench_labels(shape: tuple[int, int, int], repeats: int) -> list[Row]:
+    """All labels of a CT-sized label map in one pass (what the pipeline runs), CPU vs CUDA."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.uint8)
+    for value, (cz, cy, cx, r) in enumerate([(0.5, 0.5, 0.5, 0.45), (0.5, 0.5, 0.3, 0.2), (0.5, 0.5, 0.7, 0.2),
+                                            (0.7, 0.4, 0.5, 0.08), (0.4, 0.6, 0.5, 0.15)], start=1):
+        d = ((z / shape[0] - cz) ** 2 + (y / shape[1] - cy) ** 2 + (x / shape[2] - cx) ** 2) ** 0.5
+        labels[d < r] = value
+    case = f"labels {'x'.join(map(str, shape))} uint8, 5 labels"
+    rows = []
+    for method, backend in (("isonode cpu labels", "cpu"), ("isonode cuda labels", "cuda")):
+        if backend == "cuda" and not backend_status().cuda_available:
+            continue
+        times, tris = timed(lambda b=backend: sum(len(m.triangles) for m in marching_cubes_labels(
+            labels, None, np.eye(4), b).values()), repeats)
+        rows.append(Row(case, method, times, tris, labels.size))
+    return rows
+
+
 def print_table(rows: list[Row]) -> None:
     ref = {r.case: r.best for r in rows if r.method == "vtkFlyingEdges3D 1 thread"}
     head = f"{'case':<34} {'method':<44} {'min ms':>9} {'med ms':>9} {'Mvox/s':>8} {'triangles':>10} {'vs VTK 1t':>9}"
@@ -148,7 +172,10 @@ def print_table(rows: list[Row]) -> None:
               f"{r.triangles:>10d} {rel:>8.2f}x")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`--gpu`: the part `make gpu-check` runs on a lent GPU machine (synthetic volumes only: the shared
+    CT does not travel there)."""
+    gpu_only = "--gpu" in (argv or [])
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
     status = backend_status()
     print(f"marching cubes benchmark: cpu threads={cpu_threads()} backend(auto)={status.selected} ({status.reason})")
@@ -157,7 +184,8 @@ def main() -> int:
         vol = blob_field(n)
         rows += bench_case(f"blobs {n}^3 float32", vol, 0.1, None, repeats)
         del vol
-    ct = load_ct()
+    rows += bench_labels((300, 512, 512), repeats)
+    ct = "not run with --gpu" if gpu_only else load_ct()
     if isinstance(ct, str):
         print(f"CT case skipped: {ct}")
     else:
@@ -171,4 +199,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

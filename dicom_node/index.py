@@ -172,10 +172,20 @@ class InstanceIndex:
         )
         return cur.rowcount == 1
 
-    def series_files(self, series_uid: str, *, images_only: bool = True) -> list[str]:
-        """Relative paths of every stored instance of the series (all versions so far)."""
+    def series_files(self, series_uid: str, *, up_to_version: int | None = None,
+                     images_only: bool = True) -> list[str]:
+        """Relative paths of the series' stored instances: of versions 1..`up_to_version` (the series as
+        that version completed it, never instances of a newer version still arriving), or of all."""
         sql = "SELECT relpath FROM instances WHERE series_uid = ?" + (" AND is_image = 1" if images_only else "")
-        return [r["relpath"] for r in self.db.connection.execute(sql + " ORDER BY relpath", (series_uid,))]
+        params: tuple = (series_uid,)
+        if up_to_version is not None:
+            sql, params = sql + " AND series_version <= ?", (series_uid, up_to_version)
+        return [r["relpath"] for r in self.db.connection.execute(sql + " ORDER BY relpath", params)]
+
+    def version(self, series_uid: str, version: int) -> SeriesVersion | None:
+        row = self.db.connection.execute(
+            "SELECT * FROM series WHERE series_uid = ? AND version = ?", (series_uid, version)).fetchone()
+        return None if row is None else _series_from_row(row)
 
     @staticmethod
     def expired_series_in(conn: sqlite3.Connection, older_than: float) -> list[str]:

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -103,6 +104,7 @@ class ScpSettings:
 class StoreOutcome:
     status: int
     reason: str = ""
+    series_uid: str = ""  # the stored instance's series (Success only)
 
 
 @dataclass
@@ -110,15 +112,22 @@ class _AssociationStats:
     calling_ae: str
     address: str
     statuses: Counter[int] = field(default_factory=Counter)
+    series: set[str] = field(default_factory=set)
+
+
+# Called when an association that stored instances is released: (series UIDs, calling AE, called AE).
+ReleasedHandler = Callable[[set[str], str, str], None]
 
 
 class StorageScp:
     """Accepts associations, verifies and durably stores instances, indexes them."""
 
-    def __init__(self, settings: ScpSettings, spool: SpoolLayout, index: InstanceIndex) -> None:
+    def __init__(self, settings: ScpSettings, spool: SpoolLayout, index: InstanceIndex,
+                 on_released: ReleasedHandler | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.index = index
+        self.on_released = on_released
         self._ae = self._build_ae()
         self._server: Any = None
         self._stats: dict[int, _AssociationStats] = {}
@@ -211,12 +220,19 @@ class StorageScp:
         log_event(logger, f"association.{how}", calling_ae=stats.calling_ae, address=stats.address,
                   stored=stats.statuses.get(status.SUCCESS, 0),
                   failed=sum(n for code, n in stats.statuses.items() if code != status.SUCCESS))
+        if how == "released" and stats.series and self.on_released is not None:
+            try:
+                self.on_released(stats.series, stats.calling_ae, self.settings.ae_title)
+            except Exception:  # completion falls back to the idle timeout; the node keeps serving
+                logger.exception("association.release_handler_failed")
 
-    def _count(self, event: evt.Event, code: int) -> None:
+    def _count(self, event: evt.Event, code: int, series_uid: str = "") -> None:
         with self._stats_lock:
             stats = self._stats.get(id(event.assoc))
             if stats is not None:
                 stats.statuses[code] += 1
+                if series_uid:
+                    stats.series.add(series_uid)
 
     # -- services -----------------------------------------------------------------------------------
 
@@ -233,7 +249,7 @@ class StorageScp:
         except Exception as exc:  # the node must never die on input; report and carry on
             logger.exception("store.internal_error", extra={"fields": {"calling_ae": calling}})
             outcome = StoreOutcome(status.CANNOT_UNDERSTAND_INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
-        self._count(event, outcome.status)
+        self._count(event, outcome.status, outcome.series_uid)
         rsp = Dataset()
         rsp.Status = outcome.status
         if outcome.reason:
@@ -283,7 +299,7 @@ class StorageScp:
 
         if self.index.contains(ds_instance):
             log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid, calling_ae=calling_ae)
-            return StoreOutcome(status.SUCCESS)
+            return StoreOutcome(status.SUCCESS, series_uid=series_uid)
 
         if free_bytes(self.spool.root) - len(dataset_bytes) < self.settings.min_free_bytes:
             return fail(status.OUT_OF_RESOURCES, "storage nearly full: instance refused")
@@ -308,7 +324,7 @@ class StorageScp:
         )
         log_event(logger, "store.accepted", level=logging.DEBUG, sop_instance=ds_instance, series=series_uid,
                   version=version, bytes=size)
-        return StoreOutcome(status.SUCCESS)
+        return StoreOutcome(status.SUCCESS, series_uid=series_uid)
 
 
 def spool_layout(root: Path) -> SpoolLayout:

@@ -63,6 +63,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 30.0) -> NodeProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        started_before = self.log_text().count('"event":"scp.listening"')  # a restart appends to the log
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "serve", "--config", str(self.config_path),
@@ -73,7 +74,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"isonode serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            if '"event":"scp.listening"' in self.log_text():
+            if self.log_text().count('"event":"scp.listening"') > started_before:
                 return self
             time.sleep(0.05)
         raise TimeoutError(f"isonode serve did not start:\n{self.log_text()[-3000:]}")
@@ -111,14 +112,14 @@ class NodeProcess:
         )
         return json.loads(out.stdout)
 
-    def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition") -> dict:
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition", poll: float = 0.25) -> dict:
         deadline = time.monotonic() + timeout
         status = self.status()
         while time.monotonic() < deadline:
             status = self.status()
             if predicate(status):
                 return status
-            time.sleep(0.25)
+            time.sleep(poll)
         raise TimeoutError(f"timed out waiting for {what}; last status {status}\nlog tail:\n{self.log_text()[-3000:]}")
 
 
@@ -130,16 +131,26 @@ storage:
   min_free_mb: {min_free_mb}
 series:
   completion_timeout_s: {completion_timeout_s}
+  complete_on_release: {complete_on_release}
 processing:
   retry_backoff_s: 0.2
 logging:
   level: INFO
 """
+# Most node tests need one processing job per series version, and the fast one: the preview.
+PREVIEW_ONLY_ROUTING = """
+routing:
+  rules:
+    - {name: tests-preview-only, modes: [preview]}
+"""
 
 
-def write_node_config(path: Path, *, completion_timeout_s: float = 1.0, min_free_mb: int = 64, extra: str = "") -> Path:
-    path.write_text(NODE_TEST_CONFIG.format(completion_timeout_s=completion_timeout_s, min_free_mb=min_free_mb)
-                    + extra)
+def write_node_config(path: Path, *, completion_timeout_s: float = 1.0, min_free_mb: int = 64, extra: str = "",
+                      routing: str = PREVIEW_ONLY_ROUTING, complete_on_release: bool = True) -> Path:
+    """The test node's config; `routing=""` gives the product's default (preview then full for CT)."""
+    path.write_text(NODE_TEST_CONFIG.format(completion_timeout_s=completion_timeout_s, min_free_mb=min_free_mb,
+                                            complete_on_release=str(complete_on_release).lower())
+                    + routing + extra)
     return path
 
 
@@ -209,3 +220,97 @@ def store_responses(storescu_output: str) -> list[tuple[str, str]]:
         elif line.startswith("I: Received Store Response") and pairs:
             pairs[-1][1] = line.removeprefix("I: Received Store Response").strip()
     return [(f, r) for f, r in pairs]
+
+
+@dataclass
+class OrthancProcess:
+    """Debian's Orthanc as the PACS, on free ports with a generated config; REST helpers for the tests."""
+
+    workdir: Path
+    dicom_port: int
+    http_port: int
+    aet: str = "ORTHANC"
+    modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> OrthancProcess:
+        import urllib.request
+
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = {"Name": "isonode-tests", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+                  "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
+                  "DicomModalities": {k: list(v) for k, v in self.modalities.items()}, "Plugins": [],
+                  "DicomScpTimeout": 30, "StableAge": 1}
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config))
+        log = (self.workdir / "orthanc.log").open("ab")
+        self.proc = subprocess.Popen([require_tool("Orthanc"), str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TCP_NODELAY": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.url}/system", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("Orthanc did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str):  # noqa: ANN201 - parsed JSON
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return r.read()
+
+    def post(self, path: str, body: bytes | dict | list):  # noqa: ANN201 - parsed JSON
+        import urllib.request
+
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST")
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read() or b"null")
+
+    def instances_by_class(self) -> dict[str, list[str]]:
+        """SOP class UID -> Orthanc instance ids of everything stored."""
+        out: dict[str, list[str]] = {}
+        for iid in self.get("/instances"):
+            tags = self.get(f"/instances/{iid}/simplified-tags")
+            out.setdefault(tags.get("SOPClassUID", ""), []).append(iid)
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator:
+    started: list[OrthancProcess] = []
+
+    def make(**kwargs) -> OrthancProcess:
+        o = OrthancProcess(workdir=tmp_path / f"orthanc{len(started)}", dicom_port=kwargs.pop("dicom_port", None)
+                           or free_port(), http_port=free_port(), **kwargs)
+        started.append(o)
+        return o
+
+    yield make
+    for o in started:
+        o.stop()

@@ -96,7 +96,7 @@ def test_duplicate_instance_is_idempotent(node):
 
 
 def test_series_completes_early_on_operator_command(node_factory, tmp_path):
-    node = node_factory(completion_timeout_s=3600).start()
+    node = node_factory(completion_timeout_s=3600, complete_on_release=False).start()
     files = sorted((shared_case("crlm_ct_1004_ge_abdomen") / "ct_dicom").glob("*.dcm"))[:5]
     assert storescu(node.port, *files).returncode == 0
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)

@@ -77,14 +77,49 @@ def test_instances_after_completion_open_a_new_series_version(db):
         assert InstanceIndex.mark_complete(conn, "1.2.3", 1, "test", 0.0)
     assert index.record(_record("1.3")) == 2
     assert index.latest_version("1.2.3").instance_count == 1
-    assert len(index.series_files("1.2.3")) == 3  # a version's job sees the whole series
+    assert len(index.series_files("1.2.3")) == 3
+    # a version's job sees the series as that version completed it, never a newer version still arriving
+    assert len(index.series_files("1.2.3", up_to_version=1)) == 2
+    assert len(index.series_files("1.2.3", up_to_version=2)) == 3
+
+
+def _full_only(sv) -> tuple[str, ...]:  # noqa: ANN001 - routing stand-in: one job per completed version
+    return ("full",)
+
+
+def test_a_released_association_completes_its_series_at_once_unless_its_route_waits(db):
+    index, jobs = InstanceIndex(db), JobQueue(db)
+    config = parse_config("series: {completion_timeout_s: 60, routes: [{calling_ae_title: TRICKLE, "
+                          "complete_on_release: false}]}").series
+    completion = SeriesCompletion(index, jobs, config, lambda sv: ("preview", "full"))
+    index.record(_record("5.1", series="6.1", calling="CT1"), now=1000.0)
+    index.record(_record("5.2", series="6.2", calling="TRICKLE"), now=1000.0)
+    assert completion.complete_released({"6.1"}, "CT1", "ISONODE", now=1001.0) == [("6.1", 1)]
+    assert completion.complete_released({"6.2"}, "TRICKLE", "ISONODE", now=1001.0) == []
+    assert completion.complete_released({"6.1"}, "CT1", "ISONODE", now=1002.0) == []  # already complete
+    assert [(j.mode, j.state) for j in reversed(jobs.list())] == [("preview", "queued"), ("full", "queued")]
+
+
+def test_the_preview_runs_first_and_a_full_job_waits_for_its_own_preview(db):
+    jobs = JobQueue(db)
+    jobs.enqueue(kind="process_series", series_uid="1.1", series_version=1, mode="full")  # an older study
+    jobs.enqueue(kind="process_series", series_uid="2.2", series_version=1, mode="preview")
+    jobs.enqueue(kind="process_series", series_uid="2.2", series_version=1, mode="full")
+    first = jobs.claim("w1", 60.0)
+    assert (first.series_uid, first.mode) == ("2.2", "preview")  # a new preview overtakes an older full run
+    second = jobs.claim("w2", 60.0)
+    assert (second.series_uid, second.mode) == ("1.1", "full")  # 2.2's full waits while its preview runs
+    assert jobs.claim("w3", 60.0) is None
+    jobs.complete(first.id, "w1", {})
+    third = jobs.claim("w3", 60.0)
+    assert (third.series_uid, third.mode) == ("2.2", "full")
 
 
 def test_idle_series_completes_after_its_route_timeout_and_queues_one_job(db):
     index, jobs = InstanceIndex(db), JobQueue(db)
     config = parse_config("series: {completion_timeout_s: 5, routes: [{calling_ae_title: SLOW, "
                           "completion_timeout_s: 60}]}").series
-    completion = SeriesCompletion(index, jobs, config)
+    completion = SeriesCompletion(index, jobs, config, _full_only)
     index.record(_record("1.1", series="7.1", calling="CT1"), now=1000.0)
     index.record(_record("2.1", series="7.2", calling="SLOW"), now=1000.0)
     assert completion.complete_idle(now=1004.0) == []
@@ -98,14 +133,14 @@ def test_idle_series_completes_after_its_route_timeout_and_queues_one_job(db):
 def test_series_without_ct_images_is_completed_but_not_processed(db):
     index, jobs = InstanceIndex(db), JobQueue(db)
     index.record(_record("3.1", series="8.1", image=False), now=0.0)
-    completion = SeriesCompletion(index, jobs, parse_config("").series)
+    completion = SeriesCompletion(index, jobs, parse_config("").series, _full_only)
     assert completion.complete_idle(now=100.0) == [("8.1", 1)]
     assert jobs.counts()["queued"] == 0
 
 
 def test_operator_completion_only_applies_to_a_receiving_series(db):
     index, jobs = InstanceIndex(db), JobQueue(db)
-    completion = SeriesCompletion(index, jobs, parse_config("").series)
+    completion = SeriesCompletion(index, jobs, parse_config("").series, _full_only)
     index.record(_record("4.1", series="9.1"))
     assert completion.complete_now("9.1") == 1
     assert completion.complete_now("9.1") is None
@@ -153,7 +188,7 @@ def test_retention_deletes_old_processed_series_but_never_one_with_pending_work(
 
     spool, index, series_uid = _stored_series(tmp_path, db)
     jobs = JobQueue(db)
-    completion = SeriesCompletion(index, jobs, parse_config("").series)
+    completion = SeriesCompletion(index, jobs, parse_config("").series, _full_only)
     assert completion.complete_now(series_uid) == 1
     retention = parse_config("retention: {instances_days: 7, results_days: 30}").retention
     later = time.time() + 8 * 86400
@@ -165,6 +200,27 @@ def test_retention_deletes_old_processed_series_but_never_one_with_pending_work(
     assert (report.series_deleted, report.instances_deleted) == (1, 3)
     assert index.counts()["instances"] == 0
     assert not list(spool.root.rglob("*.dcm"))
+
+
+def test_retention_keeps_an_old_result_folder_until_its_delivery_is_acknowledged(tmp_path, db):
+    import os
+
+    from appliance.outbox import Destination, Outbox, OutboxFile
+    from appliance.retention import sweep
+
+    results = tmp_path / "results"
+    kept, gone = results / "1.2.3" / "v1-preview", results / "1.2.4" / "v1-preview"
+    for d in (kept, gone):
+        d.mkdir(parents=True)
+        (d / "surfaces.dcm").write_bytes(b"x")
+        os.utime(d, (0, 0))
+    InstanceIndex(db), JobQueue(db)  # the node's other tables
+    outbox = Outbox(db, results)
+    outbox.enqueue(destination=Destination("PACS", "PACS", "127.0.0.1", 104),
+                   files=[OutboxFile("1.2.3/v1-preview/surfaces.dcm", "1.2.840.10008.5.1.4.1.1.66.5", "9.9")])
+    retention = parse_config("").retention
+    assert sweep(db, tmp_path / "spool", results, retention).result_dirs_deleted == 1
+    assert kept.exists() and not gone.exists()
 
 
 def test_store_path_refuses_pixel_data_it_cannot_decode_without_touching_disk(tmp_path, db):
