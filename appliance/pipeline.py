@@ -39,6 +39,7 @@ from dicom_node.derived import (
 )
 from dicom_node.spool import store_durably
 from dicom_node.volume import Volume, assemble_volume
+from kernels import label_counts
 from kernels.mesh import Mesh
 from kernels.mesh_io import ply_bytes, stl_bytes
 
@@ -212,7 +213,7 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
         keep = np.zeros(256, dtype=np.uint8)
         keep[[s.label_value for s in segments]] = [s.label_value for s in segments]
         on_ct = keep[on_ct]  # classes the result does not describe (experimental) become background
-        present = set(np.flatnonzero(np.bincount(on_ct.ravel(), minlength=256)).tolist())
+        present = set(np.flatnonzero(label_counts(on_ct)).tolist())
         seg_segments = [s for s in segments if s.label_value in present]
         seg_segments = [SegmentInfo(i + 1, s.label_value, s.label, s.category, s.type, s.color_rgb, s.tracking_id)
                         for i, s in enumerate(seg_segments)]
@@ -289,7 +290,7 @@ def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan) -> P
     timings["encode_s"] = time.perf_counter() - t
     timings.update({f"encode.{k}": v for k, v in enc_timings.items()})
     voxel_ml = abs(float(np.linalg.det(result.affine[:3, :3]))) / MM3_PER_ML
-    counts = np.bincount(result.labels.ravel(), minlength=256)
+    counts = label_counts(result.labels)
     segments = {lab.name: {"triangles": len(meshed.meshes[lab.value].triangles),
                            "volume_ml": round(float(counts[lab.value]) * voxel_ml, 1)}
                 for lab in labels if lab.value in meshed.meshes}

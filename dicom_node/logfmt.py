@@ -49,10 +49,11 @@ class JsonLineFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send all logs to stderr as JSON lines; silence pynetdicom's chatty per-PDU INFO logs."""
+    """Send all logs to stderr as JSON lines; silence the chatty INFO logs of pynetdicom and highdicom."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # an INFO line per module it copies into a SEG

@@ -82,7 +82,7 @@ def marching_cubes_labels(
     """
     vol, transposed = _as_c_volume(labels, label_map=True)
     if label_values is None:
-        present = np.flatnonzero(_mc_cpu.histogram_u8(vol, threads or 0)) if vol.size else np.array([], int)
+        present = np.flatnonzero(label_counts(vol, threads)) if vol.size else np.array([], int)
         label_values = [int(v) for v in present if v != 0]
     values = [int(v) for v in label_values]
     if vol.size == 0 or not values:
@@ -103,6 +103,13 @@ def marching_cubes_labels(
         1e3 * (time.perf_counter() - t0),
     )
     return meshes
+
+
+def label_counts(labels: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Voxels per value (256 counts) of a uint8 label map, in one parallel pass (np.bincount widens a
+    CT-sized map to int64 first: 1.2 s for 512x512x275 against a few ms here)."""
+    vol, _ = _as_c_volume(labels, label_map=True)
+    return np.asarray(_mc_cpu.histogram_u8(vol, threads or 0), dtype=np.int64)
 
 
 def _as_c_volume(volume: np.ndarray, label_map: bool = False) -> tuple[np.ndarray, bool]:

@@ -91,3 +91,52 @@ def test_config_check_reports_a_missing_file(tmp_path):
     result = _cli("config", "check", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "cannot read configuration" in result.stderr
+
+
+def test_destination_flag_adds_to_the_configured_destinations_and_names_repeats_apart():
+    config = parse_config("destinations: [{name: PACS, ae_title: PACS, host: 10.0.0.5, port: 104}]")
+    config = with_overrides(config, destinations=["ORTHANC@127.0.0.1:4242", "PACS@[::1]:11112"])
+    assert [(d.name, d.ae_title, d.host, d.port) for d in config.destinations] == [
+        ("PACS", "PACS", "10.0.0.5", 104), ("ORTHANC", "ORTHANC", "127.0.0.1", 4242), ("PACS-2", "PACS", "::1", 11112)]
+
+
+@pytest.mark.parametrize("flag", ["PACS", "PACS@host", "PACS@host:notaport", "@host:104", "A" * 17 + "@h:104"])
+def test_a_malformed_destination_flag_is_refused_with_the_expected_form(flag):
+    with pytest.raises(ConfigError, match="AE@HOST:PORT|ae_title"):
+        with_overrides(parse_config(""), destinations=[flag])
+
+
+def test_without_a_rule_every_ct_series_gets_preview_then_full_to_every_destination():
+    from appliance.config import SeriesFacts
+
+    config = parse_config("destinations: [{name: A, ae_title: A, host: h, port: 1}, "
+                          "{name: B, ae_title: B, host: h, port: 2}]")
+    route = config.route_for(SeriesFacts(modality="CT"))
+    assert (route.modes, route.destinations, route.experimental_segments) == (("preview", "full"), ("A", "B"), False)
+    assert config.route_for(SeriesFacts(modality="MR")) is None, "other modalities are stored only"
+
+
+def test_the_first_matching_rule_chooses_modes_destinations_and_segments():
+    from appliance.config import SeriesFacts
+
+    config = parse_config("""
+destinations: [{name: PACS, ae_title: PACS, host: h, port: 1}, {name: ER, ae_title: ERVIEW, host: h, port: 2}]
+routing:
+  rules:
+    - {name: er, called_ae_title: ISONODE_ER, modes: [full, preview], destinations: [ER]}
+    - {name: lungs, modality: CT, body_part_examined: CHEST, series_description: "*lung*", modes: [full],
+       experimental_segments: true}
+""")
+    er = config.route_for(SeriesFacts(called_ae="ISONODE_ER", modality="CT"))
+    assert (er.rule, er.modes, er.destinations) == ("er", ("preview", "full"), ("ER",))  # preview always first
+    lungs = config.route_for(SeriesFacts(modality="CT", body_part_examined="chest",
+                                         series_description="Thin LUNG 1mm"))
+    assert (lungs.rule, lungs.modes, lungs.destinations, lungs.experimental_segments) == (
+        "lungs", ("full",), ("PACS", "ER"), True)
+    other = config.route_for(SeriesFacts(modality="CT", body_part_examined="ABDOMEN"))
+    assert other.rule == "default"
+
+
+def test_a_rule_naming_an_unknown_destination_is_refused_naming_the_rule():
+    with pytest.raises(ConfigError, match=r"routing.rules.0.destinations: 'NOPE'"):
+        parse_config("routing: {rules: [{name: r, destinations: [NOPE]}]}")

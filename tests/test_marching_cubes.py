@@ -254,3 +254,12 @@ def test_backend_probe_falls_back_to_cpu_and_can_be_forced():
             marching_cubes(np.zeros((4, 4, 4), np.float32), 0.5, backend="cuda")
     with pytest.raises(ValueError):
         select_backend("opencl")
+
+
+def test_label_counts_equal_numpy_bincount_on_a_random_label_map():
+    from kernels import label_counts
+
+    labels = np.random.default_rng(3).integers(0, 9, (17, 33, 65)).astype(np.uint8)
+    counts = label_counts(labels)
+    assert counts.shape == (256,)
+    assert (counts == np.bincount(labels.ravel(), minlength=256)).all()

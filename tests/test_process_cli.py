@@ -1,0 +1,43 @@
+"""`isonode process SERIES_DIR --mode preview|full --out DIR`: the whole pipeline without the network."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pydicom
+from conftest import REPO, dciodvfy_errors, shared_case
+
+from dicom_node.surface_seg import read_surface_segmentation
+from kernels.mesh_io import ply_bytes, stl_bytes
+
+
+def test_process_writes_surface_segmentation_seg_and_mesh_files_that_pass_dciodvfy(tmp_path):
+    series = shared_case("crlm_ct_1004_ge_abdomen") / "ct_dicom"
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "appliance.cli", "process", str(series), "--mode", "preview",
+                          "--out", str(out), "--mesh-files", "stl,ply"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "segment_s" in run.stdout and "backend ort-cpu" in run.stdout
+    dicom = sorted(out.glob("*.dcm"))
+    classes = {pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID: p for p in dicom}
+    assert set(classes) == {"1.2.840.10008.5.1.4.1.1.66.5", "1.2.840.10008.5.1.4.1.1.66.4"}
+    for p in dicom:
+        assert dciodvfy_errors(p) == [], p
+    surfaces = read_surface_segmentation(classes["1.2.840.10008.5.1.4.1.1.66.5"])
+    names = [info.tracking_id for info, _ in surfaces]
+    assert {"body", "bone", "lung_left", "lung_right"} <= set(names)
+    assert "liver" not in names, "experimental classes stay out unless asked for"
+    for info, mesh in surfaces:
+        stl = out / f"{info.number:02d}_{info.tracking_id}.stl"
+        assert stl.read_bytes() == stl_bytes(mesh)
+        assert (out / stl.with_suffix(".ply").name).read_bytes()[:3] == ply_bytes(mesh)[:3] == b"ply"
+
+
+def test_process_refuses_a_folder_without_a_series_with_a_clear_message(tmp_path):
+    (tmp_path / "junk.txt").write_text("not DICOM")
+    run = subprocess.run([sys.executable, "-m", "appliance.cli", "process", str(tmp_path), "--out",
+                          str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.startswith("isonode: cannot process the series")
+    assert "Traceback" not in run.stderr
