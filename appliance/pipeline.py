@@ -15,12 +15,13 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from appliance.inference.bundle import Label, ModelBundle
 from appliance.inference.grid import grid_of
@@ -37,14 +38,14 @@ from dicom_node.derived import (
     SourceSeries,
     part10_bytes,
 )
+from dicom_node.seg import SEGMENTATION_SOP_CLASS_UID, build_segmentation
 from dicom_node.spool import store_durably
+from dicom_node.surface_seg import SURFACE_SEGMENTATION_SOP_CLASS_UID, SurfaceSegmentation
 from dicom_node.volume import Volume, assemble_volume
 from kernels import label_counts
 from kernels.mesh import Mesh
 from kernels.mesh_io import ply_bytes, stl_bytes
 
-SURFACE_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.5"
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 # Result series numbers: far above what scanners use, preview before full in a viewer's series list.
 RESULT_SERIES_NUMBER = {"preview": 9901, "full": 9902}
 MM3_PER_ML = 1000.0
@@ -154,8 +155,6 @@ def segment_infos(labels: Sequence[Label], present: set[int]) -> list[SegmentInf
 
 
 def result_series(bundle: ModelBundle, mode: str) -> ResultSeries:
-    from pydicom.uid import generate_uid
-
     name, version = bundle.manifest.name, bundle.manifest.version
     what = "3D preview, not for diagnosis alone" if mode == "preview" else "3D segmentation"
     return ResultSeries(
@@ -187,9 +186,6 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
                    equipment: Equipment | None = None) -> tuple[list[ResultObject], dict[str, float]]:
     """The result series' objects: Surface Segmentation of every meshed segment, a binary SEG of the same
     segments on the CT grid, STL/PLY per segment where asked; and the seconds each took."""
-    from dicom_node.seg import build_segmentation
-    from dicom_node.surface_seg import SurfaceSegmentation
-
     equipment = equipment or Equipment()
     algorithm = AlgorithmInfo(bundle.manifest.name, bundle.manifest.version)
     labels = output_labels(bundle, plan.experimental_segments)
@@ -202,9 +198,8 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
     surf = SurfaceSegmentation(source=series_input.source, series=series,
                                surfaces=[(s, meshes[s.label_value]) for s in segments],
                                algorithm=algorithm, equipment=equipment)
-    surf_ds = _dataset(surf)
-    objects.append(ResultObject("surfaces.dcm", part10_bytes(surf_ds), SURFACE_SEGMENTATION_STORAGE,
-                                str(surf_ds.SOPInstanceUID)))
+    objects.append(ResultObject("surfaces.dcm", part10_bytes(surf), SURFACE_SEGMENTATION_SOP_CLASS_UID,
+                                str(surf.SOPInstanceUID)))
     timings["surface_seg_s"] = time.perf_counter() - t
     if plan.seg:
         t = time.perf_counter()
@@ -214,17 +209,15 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
         keep[[s.label_value for s in segments]] = [s.label_value for s in segments]
         on_ct = keep[on_ct]  # classes the result does not describe (experimental) become background
         present = set(np.flatnonzero(label_counts(on_ct)).tolist())
-        seg_segments = [s for s in segments if s.label_value in present]
-        seg_segments = [SegmentInfo(i + 1, s.label_value, s.label, s.category, s.type, s.color_rgb, s.tracking_id)
-                        for i, s in enumerate(seg_segments)]
+        seg_segments = [replace(s, number=i + 1)  # renumbered: a segment too thin for the CT grid is gone
+                        for i, s in enumerate(s for s in segments if s.label_value in present)]
         timings["to_ct_grid_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if seg_segments:
-            seg_series = ResultSeries(series.series_instance_uid, series.series_number, series.series_description,
-                                      series.content_label, series.content_description, instance_number=2)
             seg_ds = build_segmentation(on_ct, volume.affine, series_input.headers, seg_segments, algorithm,
-                                        equipment, seg_series, resampled=volume.resampled_from is not None)
-            objects.append(ResultObject("seg.dcm", part10_bytes(seg_ds), SEGMENTATION_STORAGE,
+                                        equipment, replace(series, instance_number=2),
+                                        resampled=volume.resampled_from is not None)
+            objects.append(ResultObject("seg.dcm", part10_bytes(seg_ds), SEGMENTATION_SOP_CLASS_UID,
                                         str(seg_ds.SOPInstanceUID)))
         timings["seg_s"] = time.perf_counter() - t
     for kind in plan.mesh_files:
@@ -232,11 +225,6 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
         for s in segments:
             objects.append(ResultObject(f"{s.number:02d}_{s.tracking_id}.{kind}", encode(meshes[s.label_value])))
     return objects, timings
-
-
-def _dataset(obj: object) -> Dataset:
-    """The IOD classes are pydicom Datasets, or hold one in `.dataset`."""
-    return obj if isinstance(obj, Dataset) else obj.dataset  # type: ignore[attr-defined]
 
 
 def write_results(out_dir: Path, objects: Sequence[ResultObject], *, fsync: bool = True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -38,6 +39,23 @@ class SegmentInfo:
     type: Code
     color_rgb: tuple[int, int, int]
     tracking_id: str = ""
+
+
+@cache
+def _dcm_meanings() -> dict[str, str]:
+    """Code value -> meaning of the DICOM (DCM) coding scheme, from pydicom's copy of PS3.16."""
+    from pydicom.sr.codedict import codes
+
+    return {c.value: c.meaning for c in codes.DCM.concepts.values()}
+
+
+def dcm_meaning_conflict(code: Code) -> str | None:
+    """PS3.16's meaning of a DCM code whose stated meaning differs from it, else None: a wrong value under
+    a plausible meaning passes every validator and misleads every reader, so both writers refuse it."""
+    if code.scheme != "DCM":
+        return None
+    known = _dcm_meanings().get(code.value)
+    return known if known is not None and known.casefold() != str(code.meaning).casefold() else None
 
 
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")  # CID 7162

@@ -59,7 +59,6 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from copy import deepcopy
-from functools import cache
 
 import highdicom as hd
 import numpy as np
@@ -69,7 +68,15 @@ from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
-from dicom_node.derived import AlgorithmInfo, Code, Equipment, ResultSeries, SegmentInfo, srgb_to_dicom_lab
+from dicom_node.derived import (
+    AlgorithmInfo,
+    Code,
+    Equipment,
+    ResultSeries,
+    SegmentInfo,
+    dcm_meaning_conflict,
+    srgb_to_dicom_lab,
+)
 
 log = logging.getLogger(__name__)
 
@@ -290,14 +297,6 @@ def _check_text(value: object, what: str, max_len: int = 64, required: bool = Tr
         raise SegError(f"{what} must be at most {max_len} characters, without backslash or control characters")
 
 
-@cache
-def _dcm_meanings() -> dict[str, str]:
-    """Code value -> meaning of the DICOM (DCM) coding scheme, from pydicom's copy of PS3.16."""
-    from pydicom.sr.codedict import codes
-
-    return {c.value: c.meaning for c in codes.DCM.concepts.values()}
-
-
 def _check_code(code: object, what: str) -> None:
     """A well-formed code; a DCM code must also mean what PS3.16 says (a wrong value under a plausible
     meaning passes every validator and misleads every reader)."""
@@ -305,10 +304,9 @@ def _check_code(code: object, what: str) -> None:
         raise SegError(f"{what} must be a derived.Code, got {type(code).__name__}")
     for part, limit in (("value", 64), ("scheme", 16), ("meaning", 64)):
         _check_text(getattr(code, part), f"{what}.{part}", limit)
-    if code.scheme == "DCM":
-        known = _dcm_meanings().get(code.value)
-        if known is not None and known.casefold() != code.meaning.casefold():
-            raise SegError(f"{what}: DCM code {code.value} means {known!r} (PS3.16), not {code.meaning!r}")
+    known = dcm_meaning_conflict(code)
+    if known is not None:
+        raise SegError(f"{what}: DCM code {code.value} means {known!r} (PS3.16), not {code.meaning!r}")
 
 
 def _check_segments(segments: object) -> None:

@@ -44,7 +44,6 @@ from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +63,7 @@ from dicom_node.derived import (
     ResultSeries,
     SegmentInfo,
     SourceSeries,
+    dcm_meaning_conflict,
     dicom_lab_to_srgb,
     srgb_to_dicom_lab,
 )
@@ -214,14 +214,6 @@ def _text(value: object, attr: str, max_len: int, *, required: bool = True) -> s
     return value
 
 
-@cache
-def _dcm_meanings() -> dict[str, str]:
-    """Code value -> meaning for the DICOM (DCM) coding scheme, from pydicom's PS3.16 tables."""
-    from pydicom.sr.codedict import codes
-
-    return {c.value: c.meaning for c in codes.DCM.concepts.values()}
-
-
 def _code_item(code: Code, attr: str) -> Dataset:
     """Code Sequence Macro item; values over 16 characters go to Long Code Value, URNs to URN Code Value.
 
@@ -229,10 +221,9 @@ def _code_item(code: Code, attr: str) -> Dataset:
     error no validator catches and every reader believes."""
     if not isinstance(code, Code):
         raise _fail(f"{attr} must be a Code, got {type(code).__name__}")
-    if code.scheme == "DCM":
-        known = _dcm_meanings().get(code.value)
-        if known is not None and known.casefold() != str(code.meaning).casefold():
-            raise _fail(f"{attr}: DCM code {code.value} means {known!r} (PS3.16), not {code.meaning!r}")
+    known = dcm_meaning_conflict(code)
+    if known is not None:
+        raise _fail(f"{attr}: DCM code {code.value} means {known!r} (PS3.16), not {code.meaning!r}")
     item = Dataset()
     value = code.value
     if not isinstance(value, str) or not value.strip():
