@@ -160,6 +160,32 @@ def dicom_lab_to_srgb(lab: Sequence[int]) -> tuple[int, int, int]:
     return int(out[0]), int(out[1]), int(out[2])
 
 
+DEIDENTIFIED_WITHOUT_METHOD = "Identity removed upstream; method not stated in the source"
+
+
+def header_to_copy(first: Dataset, type2_keywords: Sequence[str]) -> Dataset:
+    """The source header as a result object should copy Patient and Study from it: absent Type 2
+    attributes present and empty, and a de-identification method named where the source claims removed
+    identity without one (a Type 1C error in the result otherwise). A copy when anything changes, never
+    the caller's."""
+    from copy import deepcopy
+
+    missing = [kw for kw in type2_keywords if kw not in first]
+    no_method = (
+        str(first.get("PatientIdentityRemoved", "")).upper() == "YES"
+        and not first.get("DeidentificationMethod")
+        and not first.get("DeidentificationMethodCodeSequence")
+    )
+    if not missing and not no_method:
+        return first
+    header = deepcopy(first)
+    for kw in missing:
+        setattr(header, kw, "")
+    if no_method:
+        header.DeidentificationMethod = DEIDENTIFIED_WITHOUT_METHOD
+    return header
+
+
 def part10_bytes(ds: Dataset) -> bytes:
     """The data set as a Part-10 file (Explicit VR Little Endian, our implementation identity), ready for
     `store_durably`: result objects are written whole, then renamed into place."""

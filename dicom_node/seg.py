@@ -58,7 +58,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Sequence
-from copy import deepcopy
 
 import highdicom as hd
 import numpy as np
@@ -75,6 +74,7 @@ from dicom_node.derived import (
     ResultSeries,
     SegmentInfo,
     dcm_meaning_conflict,
+    header_to_copy,
     srgb_to_dicom_lab,
 )
 
@@ -103,7 +103,6 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UNDESCRIBED = 255  # renumbering-table entry for a label value no segment describes
 # highdicom warns about single-component person names and quotes the name: keep it out of the logs
 _PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
-_DEIDENTIFIED_WITHOUT_METHOD = "Identity removed upstream; method not stated in the source"
 
 
 class SegError(ValueError):
@@ -164,7 +163,7 @@ def build_segmentation(
                 hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, geometry.positions[f])
                 for f in order
             ]
-    first = _header_to_copy(sources[0])
+    first = header_to_copy(sources[0], _TYPE2_COPIED)
     descriptions = [_describe(s, algorithm, str(first.SeriesInstanceUID)) for s in segments]
     charset = _character_set(first, _texts(segments, algorithm, equipment, series))
     try:
@@ -592,21 +591,3 @@ def _character_set(first: Dataset, texts: Sequence[str]) -> str | None:
     return "ISO_IR 192"
 
 
-def _header_to_copy(first: Dataset) -> Dataset:
-    """The first source as highdicom should copy Patient and Study from it: absent Type 2 attributes
-    present and empty, and a de-identification method named where the source claims removed identity
-    without one (a Type 1C error in the SEG otherwise). A copy when anything changes, never the caller's."""
-    missing = [kw for kw in _TYPE2_COPIED if kw not in first]
-    no_method = (
-        str(first.get("PatientIdentityRemoved", "")).upper() == "YES"
-        and not first.get("DeidentificationMethod")
-        and not first.get("DeidentificationMethodCodeSequence")
-    )
-    if not missing and not no_method:
-        return first
-    header = deepcopy(first)
-    for kw in missing:
-        setattr(header, kw, "")
-    if no_method:
-        header.DeidentificationMethod = _DEIDENTIFIED_WITHOUT_METHOD
-    return header

@@ -65,6 +65,7 @@ from dicom_node.derived import (
     SourceSeries,
     dcm_meaning_conflict,
     dicom_lab_to_srgb,
+    header_to_copy,
     srgb_to_dicom_lab,
 )
 from kernels.mesh import Mesh
@@ -416,7 +417,7 @@ class SurfaceSegmentation(Dataset):
         return value
 
     def _patient_and_study(self, source: SourceSeries) -> None:
-        header = source.header
+        header = header_to_copy(source.header, PATIENT_TYPE2 + STUDY_TYPE2)
         for kw in PATIENT_TYPE2 + STUDY_TYPE2:
             _copy_from(header, self, kw, type2=True)
         for kw in _COPIED:

@@ -100,3 +100,16 @@ def test_empty_meshes_pass_through():
 def test_vertex_normals_point_outward(sphere):
     n = vertex_normals(sphere)
     assert np.einsum("ij,ij->i", n, sphere.normals).min() > 0.9
+
+
+def test_back_to_back_fins_are_removed_and_the_surface_is_a_manifold_again():
+    from kernels.mesh_ops import drop_fins
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, -1, 0.2]], np.float32)
+    tetra = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]], np.uint32)
+    fin = np.array([[0, 1, 4], [1, 0, 4]], np.uint32)  # a zero-thickness flap on edge 0-1
+    broken = Mesh(v, np.vstack([tetra, fin]))
+    assert mesh_topology(broken).nonmanifold_edges == 1
+    fixed = drop_fins(broken)
+    assert len(fixed.vertices) == 4 and len(fixed.triangles) == 4
+    assert mesh_topology(fixed).watertight and mesh_topology(fixed).oriented

@@ -41,3 +41,17 @@ def test_process_refuses_a_folder_without_a_series_with_a_clear_message(tmp_path
     assert run.returncode == 1
     assert run.stderr.startswith("isonode: cannot process the series")
     assert "Traceback" not in run.stderr
+
+
+def test_a_gantry_tilted_deidentified_series_gives_objects_that_pass_dciodvfy(tmp_path):
+    """The GE head series is tilted (resampled: the SEG lies on the node's regular grid) and says its
+    identity was removed without naming the method, which both objects must still get right."""
+    series = shared_case("dcmqa_ge_head_gantry_tilt") / "ct_dicom"
+    run = subprocess.run([sys.executable, "-m", "appliance.cli", "process", str(series), "--mode", "preview",
+                          "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    dicom = sorted(tmp_path.glob("*.dcm"))
+    assert [p.name for p in dicom] == ["seg.dcm", "surfaces.dcm"]
+    for p in dicom:
+        assert dciodvfy_errors(p) == [], p
+        assert pydicom.dcmread(p, stop_before_pixels=True).DeidentificationMethod
