@@ -36,8 +36,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
+# The node keeps freed memory for the next job, as its systemd unit runs it (firmware_config/systemd).
+NODE_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 run: $(VENV)/.stamp-base
-	$(VENV)/bin/isonode serve --config firmware_config/isonode.yaml
+	$(NODE_MALLOC) $(VENV)/bin/isonode serve --config firmware_config/isonode.yaml
 
 test: system-deps $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check .

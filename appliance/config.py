@@ -138,6 +138,8 @@ class ProcessingConfig(_Strict):
     bundle: Path = Field(Path(__file__).resolve().parent.parent / "models" / "ct_chest",
                          description="the model bundle directory (manifest.json + ONNX files)")
     workers: int = Field(1, ge=1, le=8)
+    decoded_cache_mb: int = Field(512, ge=0, description="keep frames decoded at ingest for the series' job "
+                                  "(a 275-slice 512x512 series is 144 MB); 0: decode again from disk")
     threads: int = Field(0, ge=0, description="CPU threads for inference and meshing; 0 = all cores")
     lease_s: float = Field(300.0, gt=0, description="a job whose worker stops renewing its lease is re-queued")
     max_attempts: int = Field(3, ge=1)

@@ -21,6 +21,7 @@ from appliance.routing import Router
 from appliance.runtime import Runtime, build_runtime
 from appliance.worker import Worker
 from dicom_node.database import Database
+from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.recovery import recover_spool
@@ -90,7 +91,9 @@ class Node:
         self.work_ready = threading.Event()
         self.completion = SeriesCompletion(self.index, self.jobs, config.series, self.router.modes,
                                            on_queued=self.work_ready.set)
-        self.scp = StorageScp(scp_settings(config), self.spool, self.index, on_released=self._on_released)
+        self.decoded = DecodedFrames(config.processing.decoded_cache_mb * 1024 * 1024)
+        self.scp = StorageScp(scp_settings(config), self.spool, self.index, on_released=self._on_released,
+                              decoded=self.decoded)
         ob = config.outbox
         self.sender = OutboxSender(self.outbox, calling_ae_title=config.node.ae_title,
                                    backoff_base_s=ob.retry_base_s, backoff_cap_s=ob.retry_max_s,
@@ -124,7 +127,8 @@ class Node:
         self.recover()
         self.workers = [
             Worker(f"worker-{i}", self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
-                   self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify)
+                   self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify,
+                   decoded=self.decoded.get)
             for i in range(self.config.processing.workers)
         ]
         address = self.scp.start()

@@ -23,7 +23,7 @@ from dicom_node.logfmt import log_event
 from dicom_node.pixels import PixelDecodeError
 from dicom_node.seg import SegError
 from dicom_node.surface_seg import SurfaceSegmentationError
-from dicom_node.volume import VolumeError
+from dicom_node.volume import DecodedLookup, VolumeError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def output_plan(config: AppConfig, mode: str, route: Route | None) -> OutputPlan
 class Worker(threading.Thread):
     def __init__(self, name: str, jobs: JobQueue, index: InstanceIndex, spool_root: Path, config: AppConfig,
                  runtime: Runtime, router: Router, outbox: Outbox, *, wake: threading.Event | None = None,
-                 on_delivery_queued: Callable[[], None] | None = None, poll_s: float = 0.5) -> None:
+                 on_delivery_queued: Callable[[], None] | None = None, decoded: DecodedLookup | None = None,
+                 poll_s: float = 0.5) -> None:
         super().__init__(name=name, daemon=True)
         self.jobs = jobs
         self.index = index
@@ -61,6 +62,7 @@ class Worker(threading.Thread):
         self.poll_s = poll_s
         self.wake = wake or threading.Event()
         self.on_delivery_queued = on_delivery_queued
+        self.decoded = decoded
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self._stop_event = threading.Event()
 
@@ -101,7 +103,7 @@ class Worker(threading.Thread):
                      for rel in self.index.series_files(job.series_uid, up_to_version=job.series_version)]
             sv = self.index.version(job.series_uid, job.series_version)
             route = self.router.route(sv) if sv is not None else None
-            output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route))
+            output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route), self.decoded)
             t = time.perf_counter()
             out_dir = self.results_dir / job.series_uid / f"v{job.series_version}-{job.mode}"
             write_results(out_dir, output.objects, fsync=self.config.storage.fsync, replace=True)

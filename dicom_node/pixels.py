@@ -252,11 +252,12 @@ def decode_frames(
     return arr
 
 
-def check_decodable(ds: Dataset, *, transfer_syntax_uid: str | None = None) -> None:
+def check_decodable(ds: Dataset, *, transfer_syntax_uid: str | None = None) -> np.ndarray | None:
     """Raise PixelDecodeError unless the pixel data can be turned into frames; runs on every C-STORE.
 
     Native (uncompressed) data only needs a valid pixel module and enough bytes for every frame, so it is
-    checked without a copy; compressed data must decode its first frame (decoders are the only judge).
+    checked without a copy (returns None); compressed data must decode its first frame (decoders are the
+    only judge), which is returned as (1, rows, cols) so the node can keep it for the series' job.
     """
     ts = _transfer_syntax(ds, transfer_syntax_uid)
     if not ts.is_compressed:  # native, or deflated (inflated when read)
@@ -266,10 +267,11 @@ def check_decodable(ds: Dataset, *, transfer_syntax_uid: str | None = None) -> N
         if actual < expected:
             raise PixelDecodeError(f"truncated pixel data: {actual} bytes, expected {expected} "
                                    f"({number_of_frames(ds)} frame(s) of {ds.Rows}x{ds.Columns}x{ds.BitsAllocated} bits)")
-        return
+        return None
     frame = decode_frames(ds, index=0, transfer_syntax_uid=transfer_syntax_uid)
     if frame.shape[1:] != (int(ds.Rows), int(ds.Columns)):
         raise PixelDecodeError(f"first frame has shape {frame.shape[1:]}, expected {ds.Rows}x{ds.Columns}")
+    return frame
 
 
 def rescale_for_frame(ds: Dataset, frame_index: int | None) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification
 
 from dicom_node import status
+from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex, InstanceRecord
 from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta
@@ -123,11 +124,12 @@ class StorageScp:
     """Accepts associations, verifies and durably stores instances, indexes them."""
 
     def __init__(self, settings: ScpSettings, spool: SpoolLayout, index: InstanceIndex,
-                 on_released: ReleasedHandler | None = None) -> None:
+                 on_released: ReleasedHandler | None = None, decoded: DecodedFrames | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.index = index
         self.on_released = on_released
+        self.decoded = decoded  # frames decoded by the decodability check, kept for the series' job
         self._ae = self._build_ae()
         self._server: Any = None
         self._stats: dict[int, _AssociationStats] = {}
@@ -291,9 +293,10 @@ class StorageScp:
             return fail(status.CANNOT_UNDERSTAND_MISSING_UID, "SOPInstanceUID differs from Affected SOP Instance")
 
         is_image = ds_class in PROCESSED_IMAGE_CLASSES
+        frame = None
         if is_image:
             try:
-                check_decodable(ds, transfer_syntax_uid=ts)
+                frame = check_decodable(ds, transfer_syntax_uid=ts)
             except PixelDecodeError as exc:
                 return fail(status.CANNOT_UNDERSTAND_PIXEL_DATA, f"pixel data: {exc}")
 
@@ -322,6 +325,8 @@ class StorageScp:
                 called_ae=called_ae,
             )
         )
+        if self.decoded is not None and frame is not None and frame.shape[0] == 1 and version is not None:
+            self.decoded.put(ds_instance, frame[0])
         log_event(logger, "store.accepted", level=logging.DEBUG, sop_instance=ds_instance, series=series_uid,
                   version=version, bytes=size)
         return StoreOutcome(status.SUCCESS, series_uid=series_uid)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,12 +322,18 @@ def _check_gaps(slices: list[_Slice], dist: np.ndarray, gaps: np.ndarray, base: 
     return False
 
 
-class _Reader:
-    """Decode one frame's HU at a time; keeps at most one multi-frame object's bytes in memory."""
+# Stored values of a single-frame image already decoded elsewhere (the node's ingest), by SOP Instance UID.
+DecodedLookup = Callable[[str], "np.ndarray | None"]
 
-    def __init__(self) -> None:
+
+class _Reader:
+    """Decode one frame's HU at a time; keeps at most one multi-frame object's bytes in memory.
+    `decoded` supplies frames decoded at ingest, so those files are not read and decoded again."""
+
+    def __init__(self, decoded: DecodedLookup | None = None) -> None:
         self._cached_path: Path | None = None
         self._cached_ds: Dataset | None = None
+        self._decoded = decoded
 
     def _dataset(self, s: _Slice) -> Dataset:
         if isinstance(s.source, Dataset):
@@ -341,11 +347,14 @@ class _Reader:
         return self._cached_ds
 
     def hu(self, s: _Slice) -> np.ndarray:
-        ds = self._dataset(s)
-        try:
-            frame = decode_frames(ds, index=s.frame_index)[0]
-        except PixelDecodeError as exc:
-            raise VolumeError(f"{s.label}: {exc.reason}") from exc
+        frame = None
+        if self._decoded is not None and s.frame_index is None:
+            frame = self._decoded(s.instance.sop_instance_uid)
+        if frame is None:
+            try:
+                frame = decode_frames(self._dataset(s), index=s.frame_index)[0]
+            except PixelDecodeError as exc:
+                raise VolumeError(f"{s.label}: {exc.reason}") from exc
         if frame.shape != (s.rows, s.cols):
             raise VolumeError(f"{s.label}: decoded frame {frame.shape} does not match {s.rows}x{s.cols}")
         return apply_rescale(frame, s.slope, s.intercept)
@@ -434,11 +443,13 @@ def _resample(
     return out, affine
 
 
-def assemble_volume(datasets_or_paths: Iterable[Path | str | Dataset]) -> Volume:
+def assemble_volume(datasets_or_paths: Iterable[Path | str | Dataset], *,
+                    decoded: DecodedLookup | None = None) -> Volume:
     """Build one HU volume from the instances of one series, in any order. Raises VolumeError.
 
     Paths are read twice: headers first (stop_before_pixels) to sort and check, then pixels slice by
     slice into a preallocated array, so peak memory stays near one output volume plus one slice.
+    `decoded` looks up stored values decoded at ingest (by SOP Instance UID) before a file is decoded.
     """
     warnings: list[str] = []
     slices = _dedupe(_read_headers(datasets_or_paths, warnings), warnings)
@@ -462,7 +473,7 @@ def assemble_volume(datasets_or_paths: Iterable[Path | str | Dataset]) -> Volume
         )
     dy, dx = slices[0].pixel_spacing
     integral = all(float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices)
-    reader = _Reader()
+    reader = _Reader(decoded)
     first = slices[0]
     study, series, for_uid = first.study_uid, first.series_uid, first.for_uid
     sources = tuple(s.instance for s in slices)

@@ -35,3 +35,14 @@ def test_dockerfile_starts_the_node_with_the_firmware_defaults():
     cmd = re.search(r'^CMD (\[.*\])$', dockerfile, re.M).group(1)
     args = build_parser().parse_args(yaml.safe_load(cmd))
     assert args.command == "serve" and str(args.config).endswith("firmware_config/isonode.yaml")
+
+
+def test_the_node_keeps_freed_memory_the_same_way_wherever_it_is_started():
+    unit = (REPO / "firmware_config/systemd/isonode.service").read_text()
+    setting = re.search(r"^Environment=(MALLOC_MMAP_THRESHOLD_=\S+ MALLOC_TRIM_THRESHOLD_=\S+)$", unit, re.M).group(1)
+    assert setting in (REPO / "Dockerfile.jetson").read_text()
+    assert setting in (REPO / "Makefile").read_text()
+    bench = (REPO / "bench/bench_end_to_end.py").read_text()
+    for pair in setting.split():
+        key, value = pair.split("=")
+        assert f'"{key}": "{value}"' in bench
