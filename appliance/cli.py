@@ -24,13 +24,14 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - AppConfig, imported laz
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from appliance.inference.bundle import BundleError
     from appliance.node import DataDirLockedError, serve
 
     config = _config(args)
     configure_logging(config.logging.level)
     try:
         return serve(config)
-    except DataDirLockedError as exc:
+    except (DataDirLockedError, BundleError) as exc:
         print(f"isonode: {exc}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:
@@ -197,6 +198,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     """The node's whole pipeline on a series folder, without the network: the result objects go to --out."""
     import time
 
+    from appliance.config import Route
     from appliance.pipeline import run_pipeline, write_results
     from appliance.worker import PERMANENT_ERRORS, output_plan
 
@@ -206,7 +208,12 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if args.no_seg:
         overrides["seg"] = False
     if args.mesh_files:
-        overrides["mesh_files"] = [f for f in args.mesh_files.split(",") if f]
+        kinds = [f.strip().lower() for f in args.mesh_files.split(",") if f.strip()]
+        unknown = sorted(set(kinds) - {"stl", "ply"})
+        if unknown:
+            print(f"isonode: --mesh-files takes stl and/or ply, not {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        overrides["mesh_files"] = kinds
     if overrides:
         config = config.model_copy(update={"output": config.output.model_copy(update=overrides)})
     t0 = time.perf_counter()
@@ -217,8 +224,6 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if not files:
         print(f"isonode: no files in {args.series_dir}", file=sys.stderr)
         return 1
-    from appliance.config import Route
-
     route = Route(rule="command line", modes=(args.mode,), destinations=(), experimental_segments=args.experimental)
     try:
         output = run_pipeline(files, runtime, output_plan(config, args.mode, route))

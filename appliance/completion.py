@@ -1,9 +1,10 @@
 """Series completion: turning a series that stopped receiving into a processing job.
 
 DICOM has no "end of series" message, so a series is complete after an idle time (per route), when the
-association that sent it is released (`series.complete_on_release`: scanners and PACS send a series on one
-association, and waiting the idle time would delay the preview), or when an operator says so. Completion and enqueue happen in one transaction: a crash cannot complete a series
-without its job, or queue a job twice.
+association that sent it is released (`series.complete_on_release`: scanners and PACS send a series on
+one association, and waiting the idle time would delay the preview), or when an operator says so.
+Completion and enqueue happen in one transaction: a crash cannot complete a series without its job, or
+queue a job twice.
 """
 
 from __future__ import annotations

@@ -167,9 +167,9 @@ def print_table(rows: list[Row]) -> None:
     print("-" * len(head))
     for r in rows:
         speed = r.voxels / r.best / 1e3
-        rel = ref.get(r.case, float("nan")) / r.best
+        rel = f"{ref[r.case] / r.best:>8.2f}x" if r.case in ref else f"{'-':>9s}"
         print(f"{r.case:<34} {r.method:<44} {r.best:>9.1f} {statistics.median(r.times_ms):>9.1f} {speed:>8.0f} "
-              f"{r.triangles:>10d} {rel:>8.2f}x")
+              f"{r.triangles:>10d} {rel}")
 
 
 def main(argv: list[str] | None = None) -> int:

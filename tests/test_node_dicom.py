@@ -189,3 +189,18 @@ def test_stored_files_with_our_file_meta_pass_dciodvfy(node, tmp_path):
     for path in stored:
         assert dciodvfy_errors(path) == [], path
         assert pydicom.dcmread(path).file_meta.SourceApplicationEntityTitle == "TESTSCU"
+
+
+def test_serve_refuses_to_start_on_a_broken_model_bundle_naming_the_file(tmp_path):
+    import shutil as _shutil
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    _shutil.copy(REPO / "models" / "ct_chest" / "manifest.json", bundle)
+    config = tmp_path / "isonode.yaml"
+    config.write_text(f"processing: {{bundle: {bundle}}}\n")
+    run = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config), "--port", "0",
+                          "--data-dir", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("isonode: model bundle")
+    assert "is missing" in run.stderr and "Traceback" not in run.stderr
