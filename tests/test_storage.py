@@ -235,3 +235,30 @@ def test_store_path_refuses_pixel_data_it_cannot_decode_without_touching_disk(tm
     outcome = scp.store(encode(ds, False, True), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
     assert outcome.status == 0xC230 and "truncated" in outcome.reason
     assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))
+
+
+def test_routing_reads_body_part_and_description_from_a_stored_instance(tmp_path, db):
+    from appliance.routing import Router
+    from dicom_node.scp import ScpSettings, StorageScp
+
+    files = write_ct_series(make_phantom((2, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
+    index = InstanceIndex(db)
+    scp = StorageScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), index)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.BodyPartExamined, ds.SeriesDescription = "HEAD", "Brain 5mm"
+        f_out = tmp_path / f.name
+        ds.save_as(f_out, enforce_file_format=True)
+        assert scp.store(_dataset_body(f_out), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID,
+                         calling_ae="CT1", called_ae="ISONODE").status == 0
+    config = parse_config("""
+destinations: [{name: PACS, ae_title: PACS, host: h, port: 1}, {name: NEURO, ae_title: NEURO, host: h, port: 2}]
+routing:
+  rules:
+    - {name: heads, body_part_examined: HEAD, series_description: "brain*", modes: [full], destinations: [NEURO]}
+""")
+    router = Router(config, index, tmp_path / "spool")
+    sv = index.latest_version(str(pydicom.dcmread(files[0]).SeriesInstanceUID))
+    route = router.route(sv)
+    assert (route.rule, route.modes, route.destinations) == ("heads", ("full",), ("NEURO",))
+    assert router.modes(sv) == ("full",)
