@@ -144,12 +144,14 @@ class Worker(threading.Thread):
         self._log_done(job, output, destinations)
 
     def _destinations(self, route: Route | None) -> list[Destination]:
-        out = []
-        for name in route.destinations if route else ():
-            d = self.config.destination(name)
-            if d is not None:
-                out.append(Destination(d.name, d.ae_title, d.host, d.port))
-        return out
+        """Where the job's results go; a result that goes nowhere says why in the log (it stays on disk)."""
+        if route is None:
+            log_event(logger, "job.no_route", level=logging.WARNING,
+                      reason="no routing rule matches the series any more: results kept, not sent")
+            return []
+        # the config validated every rule's destination names at start
+        return [Destination(d.name, d.ae_title, d.host, d.port)
+                for d in map(self.config.destination, route.destinations) if d is not None]
 
     def _log_done(self, job: Job, output: PipelineOutput, destinations: list[Destination]) -> None:
         main = ("read_s", "segment_s", "mesh_s", "encode_s", "write_s", "total_s")
