@@ -123,15 +123,17 @@ class Node:
         return runtime
 
     def start(self) -> tuple[str, int]:
-        self.runtime = self.build_runtime()
+        """Recover (before anything writes), listen, then choose the backends: a first start that has to
+        time the CPU precisions (seconds) already accepts studies, which queue until the workers run."""
         self.recover()
+        address = self.scp.start()
+        self.runtime = self.build_runtime()
         self.workers = [
             Worker(f"worker-{i}", self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
                    self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify,
                    decoded=self.decoded.get)
             for i in range(self.config.processing.workers)
         ]
-        address = self.scp.start()
         for w in self.workers:
             w.start()
         self.sender.start()
@@ -176,9 +178,9 @@ def serve(config: AppConfig) -> int:
     node = Node(config)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
-    node.start()
     try:
+        node.start()
         node.run_until_stopped()
     finally:
-        node.shutdown()
+        node.shutdown()  # also after a failed start: the SCP may already listen
     return 0
