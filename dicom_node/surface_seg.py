@@ -53,8 +53,6 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import RE_VALID_UID, generate_uid
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from dicom_node.derived import (
     AlgorithmInfo,
@@ -69,6 +67,7 @@ from dicom_node.derived import (
     srgb_to_dicom_lab,
 )
 from kernels.mesh import Mesh
+from kernels.mesh_ops import mesh_topology
 
 log = logging.getLogger(__name__)
 
@@ -141,52 +140,19 @@ class MeshFlags:
 
 
 def mesh_flags(mesh: Mesh) -> MeshFlags:
-    """Finite Volume / Manifold by the module docstring's rule, from one sort of the half-edges.
-
-    O(M log M) in numpy (kernels.mesh_ops.mesh_topology sorts rows with np.unique(axis=0), several times
-    slower at a million triangles, and does not look for pinch vertices)."""
-    t = np.ascontiguousarray(mesh.triangles, dtype=np.int64)
-    n_tri, n_vert = len(t), max(len(mesh.vertices), 1)
-    if n_tri == 0:
+    """Finite Volume / Manifold by the module docstring's rule, from the mesh's edge and fan topology."""
+    if len(mesh.triangles) == 0:
         return MeshFlags("NO", "NO", 0, 0, 0, 0)
-    src = t.ravel()  # half-edge h = 3 f + k runs from corner h to the next corner of face f
-    nxt = np.arange(3 * n_tri, dtype=np.int64)
-    nxt = nxt - nxt % 3 + (nxt % 3 + 1) % 3
-    dst = src[nxt]
-    key = np.minimum(src, dst) * n_vert + np.maximum(src, dst)
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    first = np.ones(len(ks), dtype=bool)
-    first[1:] = ks[1:] != ks[:-1]
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.append(starts, len(ks)))
-    boundary = int(np.count_nonzero(counts == 1))
-    nonmanifold = int(np.count_nonzero(counts > 2))
-    pairs = starts[counts == 2]
-    h1, h2 = order[pairs], order[pairs + 1]
-    same_dir = src[h1] == src[h2]
-    misoriented = int(np.count_nonzero(same_dir))
-    pinch = 0
-    if nonmanifold == 0:
-        # Corners (face, vertex) joined across each shared edge; the components are the fans around
-        # vertices. One fan per used vertex <=> no pinch vertex.
-        a2 = np.where(same_dir, h2, nxt[h2])  # corner of face 2 at the start vertex of h1
-        b2 = np.where(same_dir, nxt[h2], h2)  # corner of face 2 at the end vertex of h1
-        rows = np.concatenate([h1, nxt[h1]])
-        cols = np.concatenate([a2, b2])
-        graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(3 * n_tri, 3 * n_tri))
-        n_fans, _ = connected_components(graph.tocsr(), directed=False)
-        used = int(np.count_nonzero(np.bincount(src, minlength=n_vert)))
-        pinch = int(n_fans - used)
-    closed = boundary == 0 and nonmanifold == 0
-    if closed and misoriented == 0:
+    topo = mesh_topology(mesh)
+    if topo.oriented:
         finite = "YES"
-    elif boundary > 0:
+    elif topo.boundary_edges > 0:
         finite = "NO"
     else:
         finite = "UNKNOWN"
-    manifold = "YES" if closed and pinch == 0 else "NO"
-    return MeshFlags(finite, manifold, boundary, nonmanifold, misoriented, pinch)
+    manifold = "YES" if topo.watertight and topo.pinch_vertices == 0 else "NO"
+    return MeshFlags(finite, manifold, topo.boundary_edges, topo.nonmanifold_edges, topo.misoriented_edges,
+                     topo.pinch_vertices)
 
 
 # ---------------------------------------------------------------------------------------------- writer
