@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicom_node.access import LOOPBACK_NETWORKS
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "firmware_config" / "isonode.yaml"
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash or control
 
@@ -77,6 +79,26 @@ class NodeConfig(_Strict):
     @classmethod
     def _bind(cls, v: str) -> str:
         ipaddress.ip_address(v)
+        return v
+
+
+def _loopback_peers() -> list[PeerConfig]:
+    return [PeerConfig(address=net) for net in LOOPBACK_NETWORKS]
+
+
+class QueryRetrieveConfig(_Strict):
+    """C-FIND, C-MOVE and C-GET: who may use them is configured apart from who may store, since they hand
+    out patient data. Each rule needs an address (an AE title alone is whatever the peer claims)."""
+
+    enabled: bool = True
+    allowed_peers: list[PeerConfig] = Field(default_factory=_loopback_peers)
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _addresses(cls, v: list[PeerConfig]) -> list[PeerConfig]:
+        for i, peer in enumerate(v):
+            if peer.address is None:
+                raise ValueError(f"entry {i} needs an address (an AE title alone is what the peer claims)")
         return v
 
 
@@ -249,6 +271,7 @@ class LoggingConfig(_Strict):
 
 class AppConfig(_Strict):
     node: NodeConfig = NodeConfig()
+    query_retrieve: QueryRetrieveConfig = QueryRetrieveConfig()
     storage: StorageConfig = StorageConfig()
     series: SeriesConfig = SeriesConfig()
     retention: RetentionConfig = RetentionConfig()
@@ -288,6 +311,10 @@ class AppConfig(_Strict):
 
     def destination(self, name: str) -> DestinationConfig | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def destination_by_ae_title(self, ae_title: str) -> DestinationConfig | None:
+        """A C-MOVE destination: the first configured destination with that AE title."""
+        return next((d for d in self.destinations if d.ae_title == ae_title.strip()), None)
 
     @property
     def data_dir(self) -> Path:

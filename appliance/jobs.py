@@ -190,6 +190,12 @@ class JobQueue:
             (time.time(), time.time()),
         )
 
+    def done_result_dirs(self) -> list[str]:
+        """Result folders (relative to the results directory) of the jobs that finished."""
+        rows = self.db.connection.execute(
+            "SELECT DISTINCT json_extract(result, '$.result_dir') AS d FROM jobs WHERE state = 'done'")
+        return [r["d"] for r in rows if r["d"]]
+
     def requeue_running(self) -> int:
         """At start-up of the only node on this database: every running job was orphaned by a crash."""
         now = time.time()

@@ -13,19 +13,24 @@ from pathlib import Path
 from types import FrameType
 
 from appliance.completion import SeriesCompletion
-from appliance.config import AppConfig
+from appliance.config import AppConfig, PeerConfig
 from appliance.jobs import JobQueue
 from appliance.outbox import Outbox, OutboxSender
 from appliance.retention import sweep
 from appliance.routing import Router
 from appliance.runtime import Runtime, build_runtime
 from appliance.worker import Worker
+from dicom_node.access import AccessPolicy, PeerRule
+from dicom_node.catalog import StoredInstance
 from dicom_node.database import Database
 from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
-from dicom_node.recovery import recover_spool
-from dicom_node.scp import PeerRule, ScpSettings, StorageScp, spool_layout
+from dicom_node.qr_find import FindService
+from dicom_node.qr_get import GetService
+from dicom_node.qr_move import MoveService
+from dicom_node.recovery import recover_catalog, recover_spool
+from dicom_node.scp import DicomScp, QueryRetrieveServices, ScpSettings, spool_layout
 from dicom_node.spool import store_durably
 
 logger = logging.getLogger(__name__)
@@ -60,13 +65,41 @@ def scp_settings(config: AppConfig) -> ScpSettings:
         bind_address=n.bind_address,
         port=n.port,
         max_pdu_size=n.max_pdu_size,
-        allowed_peers=tuple(PeerRule(p.ae_title, p.address) for p in n.allowed_peers),
+        access=access_policy(config),
         min_free_bytes=config.storage.min_free_mb * 1024 * 1024,
         fsync=config.storage.fsync,
         maximum_associations=n.maximum_associations,
         dimse_timeout_s=n.dimse_timeout_s,
         network_timeout_s=n.network_timeout_s,
         poll_interval_s=n.poll_interval_ms / 1000.0,
+    )
+
+
+def access_policy(config: AppConfig) -> AccessPolicy:
+    def rules(peers: list[PeerConfig]) -> tuple[PeerRule, ...]:
+        return tuple(PeerRule(p.ae_title, p.address) for p in peers)
+
+    qr = config.query_retrieve
+    return AccessPolicy(store=rules(config.node.allowed_peers),
+                        query_retrieve=rules(qr.allowed_peers) if qr.enabled else ())
+
+
+def query_retrieve_services(config: AppConfig, index: InstanceIndex) -> QueryRetrieveServices:
+    """Q/R over the catalog; files resolve against the spool or the results folder, destinations come
+    from the config (the same list the results go to)."""
+    roots = {"spool": config.spool_dir, "results": config.results_dir}
+
+    def resolve_path(instance: StoredInstance) -> Path:
+        return roots[instance.store] / instance.relpath
+
+    def destination(ae_title: str) -> tuple[str, int] | None:
+        d = config.destination_by_ae_title(ae_title)
+        return None if d is None else (d.host, d.port)
+
+    return QueryRetrieveServices(
+        find=FindService(index.db, config.node.ae_title),
+        move=MoveService(index.catalog, resolve_path, destination),
+        get=GetService(index.catalog, resolve_path),
     )
 
 
@@ -92,8 +125,8 @@ class Node:
         self.completion = SeriesCompletion(self.index, self.jobs, config.series, self.router.modes,
                                            on_queued=self.work_ready.set)
         self.decoded = DecodedFrames(config.processing.decoded_cache_mb * 1024 * 1024)
-        self.scp = StorageScp(scp_settings(config), self.spool, self.index, on_released=self._on_released,
-                              decoded=self.decoded)
+        self.scp = DicomScp(scp_settings(config), self.spool, self.index, on_released=self._on_released,
+                            decoded=self.decoded, query_retrieve=query_retrieve_services(config, self.index))
         ob = config.outbox
         self.sender = OutboxSender(self.outbox, calling_ae_title=config.node.ae_title,
                                    backoff_base_s=ob.retry_base_s, backoff_cap_s=ob.retry_max_s,
@@ -108,9 +141,12 @@ class Node:
 
     def recover(self) -> None:
         report = recover_spool(self.spool, self.index)
+        catalogued = recover_catalog(self.index, self.spool.root, self.config.results_dir,
+                                     self.jobs.done_result_dirs())
         requeued = self.jobs.requeue_running()
         log_event(logger, "node.recovered", temp_files_removed=report.temp_files_removed,
-                  reindexed=report.reindexed, unreadable=report.unreadable, jobs_requeued=requeued)
+                  reindexed=report.reindexed, unreadable=report.unreadable, catalogued=catalogued,
+                  jobs_requeued=requeued)
 
     def build_runtime(self) -> Runtime:
         """Choose the compute back ends once, at start, and say which and why (a forced one must work)."""

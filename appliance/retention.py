@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config import RetentionConfig
+from dicom_node.catalog import Catalog
 from dicom_node.database import Database
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
@@ -75,6 +76,8 @@ def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionCo
             if version_dir.relative_to(results_dir).as_posix() in undelivered:
                 continue
             if version_dir.is_dir() and version_dir.stat().st_mtime < cutoff:
+                with db.transaction() as conn:  # the catalog forgets it first: Q/R never offers a missing file
+                    Catalog.forget_folder_in(conn, "results", version_dir.relative_to(results_dir).as_posix())
                 shutil.rmtree(version_dir, ignore_errors=True)
                 _remove_empty_parents(version_dir, results_dir)
                 result_dirs += 1

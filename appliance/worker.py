@@ -18,6 +18,7 @@ from appliance.outbox import Destination, Outbox, OutboxFile
 from appliance.pipeline import OutputPlan, PipelineOutput, run_pipeline, write_results
 from appliance.routing import Router
 from appliance.runtime import Runtime
+from dicom_node.catalog import Catalog, CatalogEntry
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.pixels import PixelDecodeError
@@ -127,7 +128,12 @@ class Worker(threading.Thread):
                                     "route": route.rule if route else None,
                                     "destinations": [d.name for d in destinations]}
 
+        catalogued = [CatalogEntry.from_part10(o.data, store="results", relpath=f.relpath)
+                      for o, f in zip([o for o in output.objects if o.is_dicom], deliveries, strict=True)]
+
         def queue_deliveries(conn) -> None:  # noqa: ANN001 - sqlite3.Connection, same transaction as complete
+            for entry in catalogued:  # a result is retrievable (Q/R) from the moment its job is done
+                Catalog.record_in(conn, entry)
             now = time.time()
             for dest in destinations:
                 if deliveries:

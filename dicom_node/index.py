@@ -11,6 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from dicom_node.catalog import Catalog, CatalogEntry
 from dicom_node.database import Database
 
 SCHEMA_VERSION = 1
@@ -99,6 +100,7 @@ class InstanceIndex:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.ensure_schema("instance_index", SCHEMA_VERSION, SCHEMA)
+        self.catalog = Catalog(db)  # its tables exist before the first record() writes to them
 
     def contains(self, sop_instance_uid: str) -> bool:
         row = self.db.connection.execute(
@@ -106,8 +108,10 @@ class InstanceIndex:
         ).fetchone()
         return row is not None
 
-    def record(self, rec: InstanceRecord, now: float | None = None) -> int | None:
-        """Index a durably stored instance in one transaction; return its series version (None: duplicate)."""
+    def record(self, rec: InstanceRecord, now: float | None = None, *,
+               catalog: CatalogEntry | None = None) -> int | None:
+        """Index (and catalog, for Query/Retrieve) a durably stored instance in one transaction; return its
+        series version (None: duplicate)."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
             if conn.execute(
@@ -150,6 +154,8 @@ class InstanceIndex:
                     rec.calling_ae,
                 ),
             )
+            if catalog is not None:
+                Catalog.record_in(conn, catalog)
             return version
 
     def receiving_series(self) -> list[SeriesVersion]:
@@ -204,6 +210,7 @@ class InstanceIndex:
             "SELECT relpath FROM instances WHERE series_uid = ?", (series_uid,))]
         conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
         conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+        Catalog.forget_series_in(conn, series_uid)
         return relpaths
 
     def all_relpaths(self) -> set[str]:

@@ -1,17 +1,22 @@
-"""The node's DICOM service provider: C-ECHO and C-STORE (pynetdicom).
+"""The node's DICOM service provider (pynetdicom): C-ECHO, C-STORE, and Query/Retrieve (C-FIND, C-MOVE,
+C-GET) on the same AE title and port.
 
 The C-STORE handler is the durability boundary: it answers Success only after the instance is fsynced,
-renamed into the spool and indexed. Everything that can go wrong with a peer's data ends in a failure
-status with an Error Comment and one log line; no exception escapes to pynetdicom.
+renamed into the spool, indexed and catalogued. Everything that can go wrong with a peer's data ends in a
+failure status with an Error Comment and one log line; no exception escapes to pynetdicom.
+
+Access is decided once per association (`dicom_node.access`): a peer allowed neither to store nor to
+query is rejected; the Q/R presentation contexts are added to an association only for a peer allowed to
+query and retrieve, so a failing check leaves them unoffered. The Q/R handlers live in one module each
+(qr_find, qr_move, qr_get); this class only routes events to them.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -22,14 +27,29 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
-from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from dicom_node import status
+from dicom_node.access import AccessPolicy
+from dicom_node.catalog import CatalogEntry
 from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex, InstanceRecord
 from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta
 from dicom_node.pixels import TRANSFER_SYNTAXES_ACCEPTED, PixelDecodeError, check_decodable
+from dicom_node.qr_find import FindService, failure
+from dicom_node.qr_get import GetService
+from dicom_node.qr_move import MoveService
+from dicom_node.query import PATIENT_ROOT, STUDY_ROOT
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
 from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, store_durably
 
@@ -68,30 +88,12 @@ def tune_pynetdicom_reactor(cap_s: float) -> None:
 
 
 @dataclass(frozen=True)
-class PeerRule:
-    """One allowed peer: an AE title and/or an address or network (CIDR). An unset part matches anything."""
-
-    ae_title: str | None = None
-    network: str | None = None
-
-    def matches(self, ae_title: str, address: str) -> bool:
-        if self.ae_title is not None and self.ae_title.strip() != ae_title.strip():
-            return False
-        if self.network is not None:
-            try:
-                return ipaddress.ip_address(address) in ipaddress.ip_network(self.network, strict=False)
-            except ValueError:
-                return False
-        return True
-
-
-@dataclass(frozen=True)
 class ScpSettings:
     ae_title: str = "ISONODE"
     bind_address: str = "0.0.0.0"
     port: int = 11112
     max_pdu_size: int = 131072
-    allowed_peers: tuple[PeerRule, ...] = ()
+    access: AccessPolicy = AccessPolicy()
     min_free_bytes: int = 1 << 30
     fsync: bool = True
     maximum_associations: int = 16
@@ -112,20 +114,42 @@ class StoreOutcome:
 class _AssociationStats:
     calling_ae: str
     address: str
+    may_store: bool = False
+    may_query_retrieve: bool = False
     statuses: Counter[int] = field(default_factory=Counter)
     series: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class QueryRetrieveServices:
+    find: FindService
+    move: MoveService
+    get: GetService
+
+
+# Q/R SOP class -> (service, information model)
+QR_CLASSES: dict[str, tuple[str, str]] = {
+    PatientRootQueryRetrieveInformationModelFind: ("find", PATIENT_ROOT),
+    StudyRootQueryRetrieveInformationModelFind: ("find", STUDY_ROOT),
+    PatientRootQueryRetrieveInformationModelMove: ("move", PATIENT_ROOT),
+    StudyRootQueryRetrieveInformationModelMove: ("move", STUDY_ROOT),
+    PatientRootQueryRetrieveInformationModelGet: ("get", PATIENT_ROOT),
+    StudyRootQueryRetrieveInformationModelGet: ("get", STUDY_ROOT),
+}
 
 
 # Called when an association that stored instances is released: (series UIDs, calling AE, called AE).
 ReleasedHandler = Callable[[set[str], str, str], None]
 
 
-class StorageScp:
-    """Accepts associations, verifies and durably stores instances, indexes them."""
+class DicomScp:
+    """Accepts associations, verifies and durably stores instances, indexes them; answers Q/R."""
 
     def __init__(self, settings: ScpSettings, spool: SpoolLayout, index: InstanceIndex,
-                 on_released: ReleasedHandler | None = None, decoded: DecodedFrames | None = None) -> None:
+                 on_released: ReleasedHandler | None = None, decoded: DecodedFrames | None = None,
+                 query_retrieve: QueryRetrieveServices | None = None) -> None:
         self.settings = settings
+        self.qr = query_retrieve
         self.spool = spool
         self.index = index
         self.on_released = on_released
@@ -148,8 +172,13 @@ class StorageScp:
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
         for sop_class in ACCEPTED_STORAGE_CLASSES:
-            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES_ACCEPTED))
+            # both roles: a C-GET requestor proposes to be the storage SCP on its own association
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES_ACCEPTED), scu_role=True, scp_role=True)
         return ae
+
+    @staticmethod
+    def _qr_contexts() -> list[PresentationContext]:
+        return [build_context(sop_class) for sop_class in QR_CLASSES]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -166,14 +195,18 @@ class StorageScp:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_REJECTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
         ]
         self._server = self._ae.start_server(
             (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
         )
         host, port = self.address
-        if not self.settings.allowed_peers:
+        if not self.settings.access.store:
             log_event(logger, "scp.accepting_all_peers", level=logging.WARNING,
                       hint="set node.allowed_peers in the config to restrict who may send")
         log_event(logger, "scp.listening", ae_title=self.settings.ae_title, host=host, port=port,
@@ -193,30 +226,39 @@ class StorageScp:
         if hasattr(dul, "_run_loop_delay"):
             dul._run_loop_delay = self.settings.poll_interval_s
 
-    def peer_allowed(self, ae_title: str, address: str) -> bool:
-        rules = self.settings.allowed_peers
-        return not rules or any(rule.matches(ae_title, address) for rule in rules)
-
     def _on_requested(self, event: evt.Event) -> None:
+        """Decide what the peer may do; offer Q/R only to permitted peers (pynetdicom swallows exceptions
+        here, so every permission starts as False and is granted only after its check passed)."""
         assoc = event.assoc
         calling = assoc.requestor.primitive.calling_ae_title
         address = assoc.requestor.address
-        if not self.peer_allowed(calling, address):
+        access = self.settings.access
+        may_store = access.may_store(calling, address)
+        may_qr = self.qr is not None and access.may_query_retrieve(calling, address)
+        if not may_store and not may_qr:
             log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
-                      reason="calling AE title/address not in node.allowed_peers")
+                      reason="calling AE title/address in neither node.allowed_peers nor "
+                             "query_retrieve.allowed_peers")
             assoc.acse.send_reject(*status.REJECT_CALLING_AE_NOT_RECOGNIZED)
+            return
+        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.primitive.presentation_context_definition_list}
+        if may_qr:
+            assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *self._qr_contexts()]
+        elif proposed & set(QR_CLASSES):
+            log_event(logger, "query_retrieve.refused", level=logging.WARNING, calling_ae=calling, address=address,
+                      reason="calling AE title/address not in query_retrieve.allowed_peers")
+        with self._stats_lock:
+            self._stats[id(assoc)] = _AssociationStats(calling.strip(), address, may_store, may_qr)
 
     def _on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
-        with self._stats_lock:
-            self._stats[id(assoc)] = _AssociationStats(assoc.requestor.ae_title, assoc.requestor.address)
         log_event(logger, "association.accepted", calling_ae=assoc.requestor.ae_title,
                   address=assoc.requestor.address, contexts=len(assoc.accepted_contexts))
 
     def _on_closed(self, event: evt.Event) -> None:
         with self._stats_lock:
             stats = self._stats.pop(id(event.assoc), None)
-        if stats is None:
+        if stats is None or event.event is evt.EVT_REJECTED:
             return
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log_event(logger, f"association.{how}", calling_ae=stats.calling_ae, address=stats.address,
@@ -227,6 +269,10 @@ class StorageScp:
                 self.on_released(stats.series, stats.calling_ae, self.settings.ae_title)
             except Exception:  # completion falls back to the idle timeout; the node keeps serving
                 logger.exception("association.release_handler_failed")
+
+    def _permissions(self, event: evt.Event) -> _AssociationStats | None:
+        with self._stats_lock:
+            return self._stats.get(id(event.assoc))
 
     def _count(self, event: evt.Event, code: int, series_uid: str = "") -> None:
         with self._stats_lock:
@@ -241,9 +287,62 @@ class StorageScp:
     def _on_echo(self, event: evt.Event) -> int:
         return status.SUCCESS
 
+    def _qr_request(self, event: evt.Event, service: str) -> tuple[str, str, Dataset | None] | Dataset:
+        """(model, calling AE, identifier) for a permitted Q/R request, or the failure to answer."""
+        calling = event.assoc.requestor.ae_title.strip()
+        peer = self._permissions(event)
+        if self.qr is None or peer is None or not peer.may_query_retrieve:
+            log_event(logger, f"{service}.refused", level=logging.WARNING, status=f"0x{status.NOT_AUTHORISED:04X}",
+                      reason="calling AE title/address not in query_retrieve.allowed_peers", calling_ae=calling)
+            return failure(status.NOT_AUTHORISED, "not authorised to query or retrieve")
+        _, model = QR_CLASSES[str(event.request.AffectedSOPClassUID)]
+        try:
+            identifier = event.identifier
+        except Exception as exc:  # a peer's bytes that do not decode
+            log_event(logger, f"{service}.refused", level=logging.WARNING,
+                      status=f"0x{status.UNABLE_TO_PROCESS:04X}", reason="identifier does not decode",
+                      error=type(exc).__name__, calling_ae=calling)
+            return failure(status.UNABLE_TO_PROCESS, "identifier does not decode")
+        return model, calling, identifier
+
+    def _on_find(self, event: evt.Event) -> Iterator[Any]:
+        request = self._qr_request(event, "find")
+        if isinstance(request, Dataset):
+            yield request, None
+            return
+        model, calling, identifier = request
+        yield from self.qr.find.find(identifier, model, lambda: event.is_cancelled, calling_ae=calling)
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        request = self._qr_request(event, "move")
+        if isinstance(request, Dataset):
+            yield None, None  # pynetdicom's only answer before a destination: 0xA801 (reason logged)
+            return
+        model, calling, identifier = request
+        yield from self.qr.move.move(identifier, model, event.move_destination, lambda: event.is_cancelled,
+                                     calling_ae=calling)
+
+    def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        request = self._qr_request(event, "get")
+        if isinstance(request, Dataset):
+            yield 1  # pynetdicom takes a final status only after a count
+            yield request, None
+            return
+        model, calling, identifier = request
+        yield from self.qr.get.get(identifier, model, list(event.assoc.accepted_contexts),
+                                   lambda: event.is_cancelled, calling_ae=calling)
+
     def _on_store(self, event: evt.Event) -> Dataset:
         req = event.request
         calling = event.assoc.requestor.ae_title
+        peer = self._permissions(event)
+        if peer is None or not peer.may_store:
+            log_event(logger, "store.refused", level=logging.WARNING, status=f"0x{status.NOT_AUTHORISED:04X}",
+                      reason="calling AE title/address not in node.allowed_peers", calling_ae=calling)
+            rsp = Dataset()
+            rsp.Status = status.NOT_AUTHORISED
+            rsp.ErrorComment = "not authorised to store on this node"
+            return rsp
         try:
             outcome = self.store(req.DataSet.getbuffer(), str(event.context.transfer_syntax),
                                  str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
@@ -310,6 +409,7 @@ class StorageScp:
         path = self.spool.instance_path(study_uid, series_uid, ds_instance)
         meta = encode_file_meta(ds_class, ds_instance, ts, source_ae_title=calling_ae)
         size = store_durably(path, [meta, dataset_bytes], fsync=self.settings.fsync)
+        relpath = path.relative_to(self.spool.root).as_posix()
         version = self.index.record(
             InstanceRecord(
                 sop_instance_uid=ds_instance,
@@ -319,11 +419,13 @@ class StorageScp:
                 series_uid=series_uid,
                 modality=modality,
                 is_image=is_image,
-                relpath=path.relative_to(self.spool.root).as_posix(),
+                relpath=relpath,
                 size=size,
                 calling_ae=calling_ae,
                 called_ae=called_ae,
-            )
+            ),
+            catalog=CatalogEntry.from_dataset(ds, transfer_syntax_uid=str(ts), store="spool", relpath=relpath,
+                                              size=size),
         )
         if self.decoded is not None and frame is not None and frame.shape[0] == 1 and version is not None:
             self.decoded.put(ds_instance, frame[0])

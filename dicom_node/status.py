@@ -14,6 +14,14 @@ CANNOT_UNDERSTAND_INTERNAL_ERROR = 0xC211
 CANNOT_UNDERSTAND_MISSING_UID = 0xC220
 CANNOT_UNDERSTAND_PIXEL_DATA = 0xC230
 
+# Query/Retrieve (PS3.4 C.4) and the general "not authorised" (PS3.7 C.5).
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORISED = 0x0124
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
 # A-ASSOCIATE-RJ (result, source, diagnostic) for a calling AE title/address pair that is not allowed:
 # rejected-permanent, service-user, calling-AE-title-not-recognized.
 REJECT_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)

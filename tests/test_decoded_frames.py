@@ -12,7 +12,7 @@ from compiler.phantom import make_phantom, write_ct_series
 from dicom_node.database import Database
 from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex
-from dicom_node.scp import ScpSettings, StorageScp
+from dicom_node.scp import DicomScp, ScpSettings
 from dicom_node.spool import SpoolLayout
 from dicom_node.volume import assemble_volume
 
@@ -40,7 +40,7 @@ def test_compressed_images_decoded_at_ingest_build_the_same_volume_without_decod
     files = write_ct_series(make_phantom((6, 32, 32), (2, 2, 2)).hu, tmp_path / "src", spacing=(2, 2, 2),
                             transfer_syntax=JPEGLSLossless)
     cache = DecodedFrames(max_bytes=1 << 20)
-    scp = StorageScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"),
+    scp = DicomScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"),
                      InstanceIndex(Database(tmp_path / "db.sqlite")), decoded=cache)
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True)

@@ -169,12 +169,12 @@ def test_database_is_in_wal_mode(db):
 
 
 def _stored_series(tmp_path, db, n: int = 3):
-    from dicom_node.scp import ScpSettings, StorageScp
+    from dicom_node.scp import DicomScp, ScpSettings
 
     files = write_ct_series(make_phantom((n, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
     spool = SpoolLayout(tmp_path / "spool")
     index = InstanceIndex(db)
-    scp = StorageScp(ScpSettings(min_free_bytes=0), spool, index)
+    scp = DicomScp(ScpSettings(min_free_bytes=0), spool, index)
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert scp.store(_dataset_body(f), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
@@ -224,14 +224,14 @@ def test_retention_keeps_an_old_result_folder_until_its_delivery_is_acknowledged
 
 
 def test_store_path_refuses_pixel_data_it_cannot_decode_without_touching_disk(tmp_path, db):
-    from dicom_node.scp import ScpSettings, StorageScp
+    from dicom_node.scp import DicomScp, ScpSettings
 
     files = write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
     ds = pydicom.dcmread(files[0])
     ds.PixelData = ds.PixelData[:100]
     from pynetdicom.dsutils import encode
 
-    scp = StorageScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), InstanceIndex(db))
+    scp = DicomScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), InstanceIndex(db))
     outcome = scp.store(encode(ds, False, True), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
     assert outcome.status == 0xC230 and "truncated" in outcome.reason
     assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))
@@ -239,11 +239,11 @@ def test_store_path_refuses_pixel_data_it_cannot_decode_without_touching_disk(tm
 
 def test_routing_reads_body_part_and_description_from_a_stored_instance(tmp_path, db):
     from appliance.routing import Router
-    from dicom_node.scp import ScpSettings, StorageScp
+    from dicom_node.scp import DicomScp, ScpSettings
 
     files = write_ct_series(make_phantom((2, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
     index = InstanceIndex(db)
-    scp = StorageScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), index)
+    scp = DicomScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), index)
     for f in files:
         ds = pydicom.dcmread(f)
         ds.BodyPartExamined, ds.SeriesDescription = "HEAD", "Brain 5mm"

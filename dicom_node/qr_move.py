@@ -1,0 +1,117 @@
+"""C-MOVE SCP (PS3.4 C.4.2): sends what an Identifier names to a destination the config knows.
+
+The Move Destination is an AE title; its address comes from the node's `destinations` (the same list
+results go to, `--destination` included), never from the peer, so nobody can have patient data sent to
+an address of their choosing. An unknown title is answered 0xA801. pynetdicom opens the sub-association
+and sends a pending response after each C-STORE; the handler yields the destination, the count and then
+one instance at a time (one file in memory), and stops at a C-CANCEL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import build_context, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_node import status
+from dicom_node.catalog import Catalog, StoredInstance
+from dicom_node.logfmt import log_event
+from dicom_node.qr_find import failure
+from dicom_node.qr_retrieve import (
+    NotSendableError,
+    accepted_syntaxes,
+    load_for_sending,
+    select_instances,
+    sub_association_contexts,
+)
+from dicom_node.query import QueryError
+
+logger = logging.getLogger(__name__)
+
+# Move Destination AE title -> (host, port), or None when unknown.
+DestinationLookup = Callable[[str], tuple[str, int] | None]
+
+
+@dataclass
+class _SubAssociation:
+    """Captures the sub-association pynetdicom opens, to see which syntaxes the destination accepted."""
+
+    assoc: Any = None
+    handlers: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.handlers = [(evt.EVT_ACCEPTED, self._on_accepted)]
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        self.assoc = event.assoc
+
+    def accepted(self) -> dict[str, set[str]]:
+        return {} if self.assoc is None else accepted_syntaxes(self.assoc.accepted_contexts)
+
+
+def send_instances(instances: list[StoredInstance], resolve_path: Callable[[StoredInstance], Path],
+                   accepted: Callable[[], dict[str, set[str]]], is_cancelled: Callable[[], bool],
+                   what: str, calling_ae: str) -> Iterator[tuple[int, Dataset | None]]:
+    """(Pending, instance) per instance, or Cancel when the peer cancels. Shared with C-GET. No final
+    Success: pynetdicom answers it (with the sub-operation counts) once the generator is exhausted."""
+    t0 = time.perf_counter()
+    unsendable = 0
+    for sent, inst in enumerate(instances):
+        if is_cancelled():
+            log_event(logger, f"{what}.cancelled", sent=sent, total=len(instances), calling_ae=calling_ae)
+            yield status.CANCEL, None
+            return
+        try:
+            ds = load_for_sending(resolve_path(inst), inst, accepted())
+        except (NotSendableError, OSError, ValueError, RuntimeError) as exc:
+            # yielded anyway as an empty data set: pynetdicom counts it as a failed sub-operation
+            unsendable += 1
+            log_event(logger, f"{what}.instance_not_sent", level=logging.WARNING, sop_instance=inst.sop_instance_uid,
+                      reason=str(exc) if isinstance(exc, NotSendableError) else type(exc).__name__)
+            ds = Dataset()
+        yield status.PENDING, ds
+    log_event(logger, f"{what}.done", instances=len(instances), not_sent=unsendable,
+              mb=round(sum(i.size for i in instances) / 1e6, 1), s=round(time.perf_counter() - t0, 2),
+              calling_ae=calling_ae)
+
+
+class MoveService:
+    def __init__(self, catalog: Catalog, resolve_path: Callable[[StoredInstance], Path],
+                 destinations: DestinationLookup) -> None:
+        self.catalog = catalog
+        self.resolve_path = resolve_path
+        self.destinations = destinations
+
+    def move(self, identifier: Dataset, model: str, move_destination: str,
+             is_cancelled: Callable[[], bool] = lambda: False, *, calling_ae: str = "") -> Iterator[Any]:
+        destination = self.destinations(move_destination.strip())
+        if destination is None:
+            log_event(logger, "move.refused", level=logging.WARNING, status=f"0x{status.MOVE_DESTINATION_UNKNOWN:04X}",
+                      reason="move destination is not among the configured destinations",
+                      move_destination=move_destination.strip(), calling_ae=calling_ae)
+            yield None, None  # pynetdicom answers 0xA801
+            return
+        try:
+            instances = select_instances(self.catalog, identifier, model)
+            contexts = sub_association_contexts(instances)
+        except QueryError as exc:
+            log_event(logger, "move.refused", level=logging.WARNING, status=f"0x{exc.status:04X}",
+                      reason=exc.reason, calling_ae=calling_ae)
+            # pynetdicom takes a final status only after the destination and a count
+            yield destination[0], destination[1], {"contexts": [build_context(Verification)]}
+            yield 1
+            yield failure(exc.status, exc.reason), None
+            return
+        sub = _SubAssociation()
+        yield destination[0], destination[1], {"contexts": contexts, "evt_handlers": sub.handlers}
+        yield len(instances)
+        log_event(logger, "move.started", instances=len(instances), move_destination=move_destination.strip(),
+                  calling_ae=calling_ae)
+        yield from send_instances(instances, self.resolve_path, sub.accepted, is_cancelled, "move", calling_ae)
