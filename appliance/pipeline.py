@@ -157,7 +157,7 @@ def segment_infos(labels: Sequence[Label], present: set[int]) -> list[SegmentInf
 
 def result_series(bundle: ModelBundle, mode: str) -> ResultSeries:
     name, version = bundle.manifest.name, bundle.manifest.version
-    what = "3D preview, not for diagnosis alone" if mode == "preview" else "3D segmentation"
+    what = "not for diagnosis alone" if mode == "preview" else "3D segmentation"  # fits 64 with the version
     return ResultSeries(
         series_instance_uid=generate_uid(),
         series_number=RESULT_SERIES_NUMBER[mode],

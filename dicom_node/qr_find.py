@@ -41,7 +41,7 @@ class FindService:
         t0 = time.perf_counter()
         try:
             query = parse_query(identifier, model)
-            answers = list(matches(query, self.db.connection, self.ae_title))
+            answers = matches(query, self.db.connection, self.ae_title)
         except QueryError as exc:
             log_event(logger, "find.refused", level=logging.WARNING, status=f"0x{exc.status:04X}",
                       reason=exc.reason, model=model, calling_ae=calling_ae)

@@ -17,8 +17,7 @@ from pydicom.dataset import Dataset
 from dicom_node.catalog import Catalog, StoredInstance
 from dicom_node.logfmt import log_event
 from dicom_node.qr_find import failure
-from dicom_node.qr_move import send_instances
-from dicom_node.qr_retrieve import accepted_syntaxes, select_instances
+from dicom_node.qr_retrieve import accepted_syntaxes, select_instances, send_instances
 from dicom_node.query import QueryError
 
 logger = logging.getLogger(__name__)

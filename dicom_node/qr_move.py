@@ -10,7 +10,6 @@ one instance at a time (one file in memory), and stops at a C-CANCEL.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,9 @@ from dicom_node.catalog import Catalog, StoredInstance
 from dicom_node.logfmt import log_event
 from dicom_node.qr_find import failure
 from dicom_node.qr_retrieve import (
-    NotSendableError,
     accepted_syntaxes,
-    load_for_sending,
     select_instances,
+    send_instances,
     sub_association_contexts,
 )
 from dicom_node.query import QueryError
@@ -54,32 +52,6 @@ class _SubAssociation:
 
     def accepted(self) -> dict[str, set[str]]:
         return {} if self.assoc is None else accepted_syntaxes(self.assoc.accepted_contexts)
-
-
-def send_instances(instances: list[StoredInstance], resolve_path: Callable[[StoredInstance], Path],
-                   accepted: Callable[[], dict[str, set[str]]], is_cancelled: Callable[[], bool],
-                   what: str, calling_ae: str) -> Iterator[tuple[int, Dataset | None]]:
-    """(Pending, instance) per instance, or Cancel when the peer cancels. Shared with C-GET. No final
-    Success: pynetdicom answers it (with the sub-operation counts) once the generator is exhausted."""
-    t0 = time.perf_counter()
-    unsendable = 0
-    for sent, inst in enumerate(instances):
-        if is_cancelled():
-            log_event(logger, f"{what}.cancelled", sent=sent, total=len(instances), calling_ae=calling_ae)
-            yield status.CANCEL, None
-            return
-        try:
-            ds = load_for_sending(resolve_path(inst), inst, accepted())
-        except (NotSendableError, OSError, ValueError, RuntimeError) as exc:
-            # yielded anyway as an empty data set: pynetdicom counts it as a failed sub-operation
-            unsendable += 1
-            log_event(logger, f"{what}.instance_not_sent", level=logging.WARNING, sop_instance=inst.sop_instance_uid,
-                      reason=str(exc) if isinstance(exc, NotSendableError) else type(exc).__name__)
-            ds = Dataset()
-        yield status.PENDING, ds
-    log_event(logger, f"{what}.done", instances=len(instances), not_sent=unsendable,
-              mb=round(sum(i.size for i in instances) / 1e6, 1), s=round(time.perf_counter() - t0, 2),
-              calling_ae=calling_ae)
 
 
 class MoveService:

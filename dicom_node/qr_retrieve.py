@@ -9,7 +9,9 @@ the node accepts), so a workstation that reads only uncompressed data still gets
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pydicom import dcmread
@@ -19,7 +21,10 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node import status
 from dicom_node.catalog import Catalog, StoredInstance
+from dicom_node.logfmt import log_event
 from dicom_node.query import QueryError, parse_query, unique_key
+
+logger = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_SUB_OPERATIONS = 65535  # the response's counts are US
@@ -82,3 +87,29 @@ def load_for_sending(path: Path, instance: StoredInstance, accepted: dict[str, s
         ds.decompress(generate_instance_uid=False)
         return ds
     raise NotSendableError(f"peer accepted no transfer syntax for SOP class {instance.sop_class_uid}")
+
+
+def send_instances(instances: list[StoredInstance], resolve_path: Callable[[StoredInstance], Path],
+                   accepted: Callable[[], dict[str, set[str]]], is_cancelled: Callable[[], bool],
+                   what: str, calling_ae: str) -> Iterator[tuple[int, Dataset | None]]:
+    """(Pending, instance) per instance, or Cancel when the peer cancels. Shared with C-GET. No final
+    Success: pynetdicom answers it (with the sub-operation counts) once the generator is exhausted."""
+    t0 = time.perf_counter()
+    unsendable = 0
+    for sent, inst in enumerate(instances):
+        if is_cancelled():
+            log_event(logger, f"{what}.cancelled", sent=sent, total=len(instances), calling_ae=calling_ae)
+            yield status.CANCEL, None
+            return
+        try:
+            ds = load_for_sending(resolve_path(inst), inst, accepted())
+        except (NotSendableError, OSError, ValueError, RuntimeError) as exc:
+            # yielded anyway as an empty data set: pynetdicom counts it as a failed sub-operation
+            unsendable += 1
+            log_event(logger, f"{what}.instance_not_sent", level=logging.WARNING, sop_instance=inst.sop_instance_uid,
+                      reason=str(exc) if isinstance(exc, NotSendableError) else type(exc).__name__)
+            ds = Dataset()
+        yield status.PENDING, ds
+    log_event(logger, f"{what}.done", instances=len(instances), not_sent=unsendable,
+              mb=round(sum(i.size for i in instances) / 1e6, 1), s=round(time.perf_counter() - t0, 2),
+              calling_ae=calling_ae)

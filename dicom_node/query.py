@@ -130,8 +130,7 @@ def _range_condition(key: Key, value: str) -> Condition:
     low, _, high = value.partition("-")
     for bound in (low, high):
         if bound and not pattern.match(bound):
-            raise QueryError(status.UNABLE_TO_PROCESS,
-                             f"{key.keyword}: {value!r} is not a {key.vr} value or range")
+            raise QueryError(status.UNABLE_TO_PROCESS, f"{key.keyword}: not a {key.vr} value or range")
     if not low and not high:
         raise QueryError(status.UNABLE_TO_PROCESS, f"{key.keyword}: a range needs at least one bound")
     column = key.sql
@@ -165,7 +164,7 @@ def _value_condition(key: Key, value: str) -> Condition | None:
         if "-" in value:
             return _range_condition(key, value)
         if not (_DATE if key.vr == "DA" else _TIME).match(value):
-            raise QueryError(status.UNABLE_TO_PROCESS, f"{key.keyword}: {value!r} is not a {key.vr} value")
+            raise QueryError(status.UNABLE_TO_PROCESS, f"{key.keyword}: not a {key.vr} value")
         if key.vr == "TM":
             return _range_condition(key, f"{value}-{value}")
         return Condition(f"{key.sql} = ?", (value,))
@@ -265,25 +264,45 @@ def _element(keyword: str, value: Any) -> tuple[str, Any]:
     return vr, text.split("\\") if "\\" in text else text
 
 
-def matches(query: Query, connection: Any, ae_title: str) -> Iterator[Dataset]:
-    """Run the query; one response Identifier per match, holding the requested keys (others empty)."""
-    sql, returned = _select(query)
-    _, params = query.where()
-    for row in connection.execute(sql, params).fetchall():  # all read before the first answer goes out
-        values = dict(zip(returned, row[:len(returned)], strict=True))
+@dataclass(frozen=True)
+class Answers:
+    """A query's matches: every row read at once, so no read transaction stays open while a slow peer
+    takes the answers; each response Identifier (the requested keys, others empty) is built as it is sent,
+    so only the rows are held. len() is the number of matches."""
+
+    query: Query
+    rows: list[Any]
+    returned: list[str]
+    ae_title: str
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return (self._answer(row) for row in self.rows)
+
+    def _answer(self, row: Any) -> Dataset:
+        values = dict(zip(self.returned, row[:len(self.returned)], strict=True))
         ds = Dataset()
-        ds.QueryRetrieveLevel = query.level
-        ds.RetrieveAETitle = ae_title
-        for kw in query.return_keys:
+        ds.QueryRetrieveLevel = self.query.level
+        ds.RetrieveAETitle = self.ae_title
+        for kw in self.query.return_keys:
             if kw in values:
                 vr, value = _element(kw, values[kw])
                 ds.add_new(kw, vr, value)
             else:
-                element = query.identifier[kw]
+                element = self.query.identifier[kw]
                 ds.add_new(element.tag, element.VR, [] if element.VR == "SQ" else None)
         if any(isinstance(v, str) and not v.isascii() for v in values.values()):
             ds.SpecificCharacterSet = "ISO_IR 192"
-        yield ds
+        return ds
+
+
+def matches(query: Query, connection: Any, ae_title: str) -> Answers:
+    """Run the query against the catalog."""
+    sql, returned = _select(query)
+    _, params = query.where()
+    return Answers(query, connection.execute(sql, params).fetchall(), returned, ae_title)
 
 
 def unique_key(level: str) -> str:

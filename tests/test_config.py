@@ -40,6 +40,8 @@ def test_empty_file_gives_the_same_defaults_as_the_firmware_file():
         ("series: {routes: [{completion_timeout_s: 3}]}", "series.routes.0", "calling_ae_title"),
         ("processing: {backend: tpu}", "processing.backend", "'auto', 'cpu' or 'cuda'"),
         ("storage: [1, 2]", "storage", "valid dictionary"),
+        ("query_retrieve: {allowed_peers: [{ae_title: PACS}]}", "query_retrieve.allowed_peers",
+         "needs an address"),
     ],
 )
 def test_invalid_value_is_reported_with_its_key(text, key, words):
@@ -140,3 +142,17 @@ routing:
 def test_a_rule_naming_an_unknown_destination_is_refused_naming_the_rule():
     with pytest.raises(ConfigError, match=r"routing.rules.0.destinations: 'NOPE'"):
         parse_config("routing: {rules: [{name: r, destinations: [NOPE]}]}")
+
+
+def test_query_retrieve_is_loopback_only_by_default_and_off_when_disabled():
+    from appliance.node import access_policy
+
+    default = access_policy(parse_config(""))
+    assert default.may_query_retrieve("ANY", "127.0.0.1") and default.may_query_retrieve("ANY", "::1")
+    assert not default.may_query_retrieve("ANY", "10.1.2.3")
+    assert default.may_store("ANY", "10.1.2.3")  # storing is configured apart (empty: every sender)
+    site = access_policy(parse_config("query_retrieve: {allowed_peers: [{ae_title: PACS, address: 10.0.0.0/8}]}"))
+    assert site.may_query_retrieve("PACS", "10.1.2.3") and not site.may_query_retrieve("OTHER", "10.1.2.3")
+    assert not site.may_query_retrieve("PACS", "127.0.0.1")
+    off = access_policy(parse_config("query_retrieve: {enabled: false}"))
+    assert not off.may_query_retrieve("ANY", "127.0.0.1")

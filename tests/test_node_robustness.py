@@ -168,11 +168,25 @@ def test_disk_below_free_space_floor_gets_out_of_resources(node_factory, phantom
 def test_unlisted_peer_is_rejected_at_association(node_factory, phantom_slices, tmp_path):
     node = node_factory()
     node.config_path.write_text(node.config_path.read_text().replace(
-        "node:\n", "node:\n  allowed_peers: [{ae_title: CT_SCANNER_1, address: 127.0.0.1}]\n"))
+        "node:\n", "node:\n  allowed_peers: [{ae_title: CT_SCANNER_1, address: 127.0.0.1}]\n")
+        + "query_retrieve: {allowed_peers: [{ae_title: PACS, address: 127.0.0.1}]}\n")
     node.start()
     assert echoscu(node.port, aet="INTRUDER").returncode != 0
     assert echoscu(node.port, aet="CT_SCANNER_1").returncode == 0
+    assert echoscu(node.port, aet="PACS").returncode == 0  # may query and retrieve
     assert node.log_events("association.rejected")[0]["calling_ae"] == "INTRUDER"
+
+
+def test_a_peer_allowed_only_to_query_may_not_store(node_factory, phantom_slices):
+    node = node_factory()
+    node.config_path.write_text(node.config_path.read_text().replace(
+        "node:\n", "node:\n  allowed_peers: [{ae_title: CT_SCANNER_1}]\n"))
+    node.start()  # query_retrieve keeps its default: loopback may query and retrieve
+    result = storescu(node.port, phantom_slices[0], aet="WORKSTATION")
+    assert "(Success)" not in result.stdout + result.stderr
+    (refused,) = node.log_events("store.refused")
+    assert refused["status"] == "0x0124" and refused["calling_ae"] == "WORKSTATION"
+    assert "(Success)" in (r := storescu(node.port, phantom_slices[0], aet="CT_SCANNER_1")).stdout + r.stderr
 
 
 # -- kill -9 ----------------------------------------------------------------------------------------------

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import NODE_AE, echoscu, free_port, require_tool, shared_case, storescu
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
-
-from tests.conftest import NODE_AE, echoscu, free_port, require_tool, shared_case, storescu
 
 STORE_ONLY = "\nrouting: {default_modalities: []}\n"  # stored and queryable, not processed
 # (name, patient id, study date, accession) of the generated studies

@@ -262,3 +262,53 @@ routing:
     route = router.route(sv)
     assert (route.rule, route.modes, route.destinations) == ("heads", ("full",), ("NEURO",))
     assert router.modes(sv) == ("full",)
+
+
+def test_a_stored_instance_is_catalogued_for_query_in_the_same_transaction(tmp_path, db):
+    _, index, series_uid = _stored_series(tmp_path, db)
+    assert index.catalog.counts() == {"studies": 1, "series": 1, "instances": 3}
+    (row,) = db.connection.execute("SELECT modality FROM catalog_series WHERE series_uid = ?", (series_uid,))
+    assert row["modality"] == "CT"
+
+
+def test_recovery_catalogues_instances_and_finished_results_an_older_node_left_uncatalogued(tmp_path, db):
+    from dicom_node.recovery import recover_catalog
+
+    spool, index, series_uid = _stored_series(tmp_path, db)
+    result_dir = tmp_path / "results" / series_uid / "v1-preview"
+    result_dir.mkdir(parents=True)
+    result = pydicom.dcmread(next(spool.root.rglob("*.dcm")))
+    result.SeriesInstanceUID, result.SOPInstanceUID, result.Modality = "1.2.9", "1.2.9.1", "SEG"
+    result.save_as(result_dir / "surfaces.dcm")
+    (tmp_path / "results" / "unfinished").mkdir()
+    result.save_as(tmp_path / "results" / "unfinished" / "x.dcm")  # no finished job names it: not catalogued
+    with db.transaction() as conn:  # as a node from before the catalog left it
+        conn.execute("DELETE FROM catalog_instances")
+    assert recover_catalog(index, spool.root, tmp_path / "results", [f"{series_uid}/v1-preview"]) == 4
+    assert index.catalog.counts()["instances"] == 4
+    assert index.catalog.known_relpaths("results") == {f"{series_uid}/v1-preview/surfaces.dcm"}
+    assert recover_catalog(index, spool.root, tmp_path / "results", [f"{series_uid}/v1-preview"]) == 0
+
+
+def test_retention_removes_what_it_deletes_from_the_catalog_first(tmp_path, db):
+    import os
+    import time
+
+    from appliance.retention import sweep
+    from dicom_node.catalog import Catalog, CatalogEntry
+
+    spool, index, series_uid = _stored_series(tmp_path, db)
+    result_dir = tmp_path / "results" / series_uid / "v1-preview"
+    result_dir.mkdir(parents=True)
+    result = pydicom.dcmread(next(spool.root.rglob("*.dcm")))
+    result.SeriesInstanceUID, result.SOPInstanceUID = "1.2.9", "1.2.9.1"
+    result.save_as(result_dir / "surfaces.dcm")
+    Catalog(db).record([CatalogEntry.from_file(result_dir / "surfaces.dcm", store="results",
+                                               relpath=f"{series_uid}/v1-preview/surfaces.dcm")])
+    os.utime(result_dir, (0, 0))
+    JobQueue(db)
+    with db.transaction() as conn:
+        conn.execute("UPDATE series SET state = 'complete'")
+    report = sweep(db, spool.root, tmp_path / "results", parse_config("").retention, now=time.time() + 8 * 86400)
+    assert (report.series_deleted, report.result_dirs_deleted) == (1, 1)
+    assert index.catalog.counts() == {"studies": 0, "series": 0, "instances": 0}
