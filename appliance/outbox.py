@@ -30,6 +30,7 @@ from pynetdicom.association import Association
 from dicom_node.database import Database
 from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID
+from dicom_node.sockets import set_tcp_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -568,6 +569,7 @@ class _DestinationWorker(threading.Thread):
 
         def on_open(event: evt.Event) -> None:
             seen["connected"] = "yes"
+            set_tcp_nodelay(event)
 
         def on_acse(event: evt.Event) -> None:
             rsp = event.primitive

@@ -11,10 +11,8 @@ on 2 CPU cores.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,17 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.peers import ENV, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CASE = (REPO / ".." / "shared" / "data" / "lidc_idri_0314_chest_1mm" / "ct_dicom").resolve()
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 # the node runs as its systemd unit starts it: freed memory kept for the next job (firmware_config/systemd)
 NODE_ENV = {**ENV, "MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _storescu(port: int, aec: str, files: list[Path]) -> float:
@@ -140,7 +135,7 @@ def main() -> None:
     size_mb = sum(f.stat().st_size for f in files) / 1e6
     work = Path(tempfile.mkdtemp(prefix="isonode-bench-e2e-"))
     second = _relabelled_copy(files, work / "second_study")
-    pacs_port, node_port = _free_port(), _free_port()
+    pacs_port, node_port = free_port(), free_port()
     (work / "pacs").mkdir()
     pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(work / "pacs"), "+xa", str(pacs_port)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,8 +3,9 @@
 The sender is DCMTK `storescu` for every receiver (one association, files sent as they are). Each
 receiver starts fresh (empty storage) for every run; we time storescu from start to exit and check that
 the receiver stored all instances. isonode acknowledges an instance only after fsync + rename + index;
-`storescp` and Orthanc do not fsync, so an `isonode (no fsync)` row shows how much of the gap is the
-durability contract and how much is the protocol stack.
+`storescp` does not fsync (Orthanc 1.10 does, by its default `SyncStorageArea: true`), so an
+`isonode (no fsync)` row shows how much of the gap is the durability contract and how much is the
+protocol stack.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,28 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.peers import ENV, free_port, wait_for_echo
+
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_RECEIVE_RUNS", "3"))
 SLICES = int(os.environ.get("BENCH_RECEIVE_SLICES", "300"))
-ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK and Orthanc crawl on loopback without it (Nagle)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_for_echo(port: int, aec: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"receiver exited with {proc.returncode}")
-        r = subprocess.run(["echoscu", "-aec", aec, "127.0.0.1", str(port)], capture_output=True, env=ENV)
-        if r.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"receiver on port {port} did not answer C-ECHO")
 
 
 def make_series(out: Path) -> tuple[list[Path], int]:
@@ -84,7 +71,7 @@ def _start_storescp(work: Path, port: int) -> subprocess.Popen:
 def _start_orthanc(work: Path, port: int) -> subprocess.Popen:
     cfg = {
         "Name": "bench", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
-        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": _free_port(), "HttpServerEnabled": False,
+        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "HttpServerEnabled": False,
         "RemoteAccessAllowed": False, "DicomCheckCalledAet": False, "StorageCompression": False,
         "Plugins": [], "MaximumPduLength": 131072,
     }
@@ -108,10 +95,10 @@ RECEIVERS = [
 def run_once(receiver: Receiver, series_dir: Path, n_files: int) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-recv-", dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
-        port = _free_port()
+        port = free_port()
         proc = receiver.start(work, port)
         try:
-            _wait_for_echo(port, receiver.aec, proc)
+            wait_for_echo(port, receiver.aec, proc)
             t0 = time.perf_counter()
             r = subprocess.run(["storescu", "-R", "-xe", "+sd", "-aec", receiver.aec, "127.0.0.1", str(port),
                                 str(series_dir)], capture_output=True, text=True, env=ENV)

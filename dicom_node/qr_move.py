@@ -30,6 +30,7 @@ from dicom_node.qr_retrieve import (
     sub_association_contexts,
 )
 from dicom_node.query import QueryError
+from dicom_node.sockets import set_tcp_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class _SubAssociation:
     handlers: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.handlers = [(evt.EVT_ACCEPTED, self._on_accepted)]
+        self.handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_ACCEPTED, self._on_accepted)]
 
     def _on_accepted(self, event: evt.Event) -> None:
         self.assoc = event.assoc

@@ -50,6 +50,7 @@ from dicom_node.qr_find import FindService, failure
 from dicom_node.qr_get import GetService
 from dicom_node.qr_move import MoveService
 from dicom_node.query import PATIENT_ROOT, STUDY_ROOT
+from dicom_node.sockets import set_tcp_nodelay
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
 from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, store_durably
 
@@ -222,6 +223,7 @@ class DicomScp:
     # -- association events -------------------------------------------------------------------------
 
     def _on_conn_open(self, event: evt.Event) -> None:
+        set_tcp_nodelay(event)
         dul = event.assoc.dul
         if hasattr(dul, "_run_loop_delay"):
             dul._run_loop_delay = self.settings.poll_interval_s
