@@ -30,6 +30,7 @@ from pynetdicom.association import Association
 from dicom_node.database import Database
 from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID
+from dicom_node.requestor import leave_responses_to_the_sender
 from dicom_node.sockets import set_tcp_nodelay
 
 logger = logging.getLogger(__name__)
@@ -579,6 +580,7 @@ class _DestinationWorker(threading.Thread):
         assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title, max_pdu=s.max_pdu_size,
                              evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)])
         if assoc.is_established:
+            leave_responses_to_the_sender(assoc)
             return assoc, ""
         if "connected" not in seen:
             return assoc, "could not connect (connection refused or timed out)"

@@ -30,6 +30,7 @@ from dicom_node.qr_retrieve import (
     sub_association_contexts,
 )
 from dicom_node.query import QueryError
+from dicom_node.requestor import leave_responses_to_the_sender
 from dicom_node.sockets import set_tcp_nodelay
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _SubAssociation:
         self.handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_ACCEPTED, self._on_accepted)]
 
     def _on_accepted(self, event: evt.Event) -> None:
+        leave_responses_to_the_sender(event.assoc)
         self.assoc = event.assoc
 
     def accepted(self) -> dict[str, set[str]]:
