@@ -69,6 +69,7 @@ bench: system-deps $(VENV)/.stamp-bench
 # reboot and it resumes where it stopped.
 model: $(VENV)/.stamp-test
 	$(PY) -m compiler.build --out models/ct_chest --work build/model --threads $$(nproc)
+	$(PY) -m compiler.precision_check --bundle models/ct_chest --threads $$(nproc)
 
 # The CUDA marching-cubes kernels as a fatbin (sm_87 Jetson Orin, sm_90 H100, PTX); needs nvcc, no GPU.
 cuda: $(VENV)/.stamp-base

@@ -70,6 +70,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f" ({runtime['marching_cubes']['reason']}); {runtime['threads']} threads")
         for mode, inf in runtime["inference"].items():
             print(f"  {mode}: {inf['backend']}" + (f", {inf['precision']}" if inf["precision"] else ""))
+            for key, why in (inf.get("not_eligible") or {}).items():
+                print(f"    not eligible {key}: {why}")
     else:
         print("runtime:    not started yet (chosen when `isonode serve` starts)")
     return 0
@@ -152,6 +154,8 @@ def _print_choice(runtime, mode: str) -> None:  # noqa: ANN001 - Runtime
           + (", ".join(f"{k}: {v}" for k, v in choice.skipped.items()) or "none") + ")")
     if choice.precision is not None:
         print(f"precision {choice.precision.describe()}")
+        for key, why in choice.precision.ineligible.items():
+            print(f"not eligible {key}: {why}")
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -325,10 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "ct_chest")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "ort-gpu", "cpu"], default="auto",
-                   help="inference backend")
-    p.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
-                   help="CPU model: auto = whichever this CPU runs faster (timed once, cached next to the bundle)")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "ort-gpu", "openvino", "ort-cpu", "cpu"],
+                   default="auto", help="inference backend: ort-cpu is ONNX Runtime on the CPU, openvino "
+                   "OpenVINO, cpu the fastest CPU runtime that passed the bundle's accuracy check")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="auto: the fastest precision that passed the accuracy check on this CPU (timed once, "
+                   "cached next to the bundle)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-level", default="WARNING")
 

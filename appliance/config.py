@@ -154,9 +154,12 @@ class RetentionConfig(_Strict):
 
 class ProcessingConfig(_Strict):
     backend: Literal["auto", "cpu", "cuda"] = Field("auto", description="marching cubes: CUDA where a GPU answers")
-    inference: Literal["auto", "tensorrt", "ort-gpu", "cpu"] = "auto"
-    precision: Literal["auto", "int8", "fp32"] = Field(
-        "auto", description="CPU model file: auto = whichever this CPU runs faster (timed once, cached)")
+    inference: Literal["auto", "tensorrt", "ort-gpu", "openvino", "ort-cpu", "cpu"] = Field(
+        "auto", description="cpu: the fastest CPU runtime that passed the accuracy check; openvino / ort-cpu: "
+        "that runtime")
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto", description="auto: the fastest precision that passed the bundle's accuracy check on this CPU "
+        "(timed once, cached); bf16 needs native bf16 (OpenVINO)")
     bundle: Path = Field(Path(__file__).resolve().parent.parent / "models" / "ct_chest",
                          description="the model bundle directory (manifest.json + ONNX files)")
     workers: int = Field(1, ge=1, le=8)

@@ -58,6 +58,7 @@ class Runtime:
                        "path": str(self.bundle.root)},
             "inference": {mode: {"backend": c.backend.name,
                                  "precision": c.precision.describe() if c.precision else None,
+                                 "not_eligible": c.precision.ineligible if c.precision else {},
                                  "skipped": c.skipped} for mode, c in self.inference.items()},
             "marching_cubes": {"backend": self.mc_backend, "reason": self.mc_reason},
             "threads": self.threads,
@@ -72,7 +73,7 @@ def build_runtime(bundle_path: Path, *, modes: Sequence[str] = ("preview", "full
     t = time.perf_counter()
     threads = threads or cpu_count()
     bundle = load_bundle(bundle_path)
-    choices = {mode: choose_backend(bundle, bundle.mode(mode), preference=inference, threads=threads,
+    choices = {mode: choose_backend(bundle, bundle.mode(mode), mode=mode, preference=inference, threads=threads,
                                     precision=precision) for mode in modes}
     mc = select_backend(mc_backend)
     status = backend_status() if mc_backend != "cpu" else None

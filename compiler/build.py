@@ -448,7 +448,8 @@ def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, wo
                                           patch, budget.calib_patches, channels))
         # a mode that ships the teacher is its own teacher row: no second export, no second evaluation
         t_onnx = fp32 if net is teacher else export_onnx(teacher, work / f"teacher.{mode}.onnx", patch)
-        ms = measure({"int8": int8, "fp32": fp32}, patch, net.in_channels, threads, decide_early=False)
+        ms = {k.removeprefix("ort-cpu-"): v for k, v in measure(
+            {"ort-cpu-int8": int8, "ort-cpu-fp32": fp32}, patch, net.in_channels, threads, decide_early=False).items()}
         modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=budget.overlap.get(mode, 0.25), fp32=fp32.name,
                                int8=int8.name, student=f"{'teacher' if net is teacher else 'pruned student'} widths {net.widths}",
                                cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,

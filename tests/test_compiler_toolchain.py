@@ -360,17 +360,29 @@ def test_distillation_weight_counts_a_voxel_as_many_times_as_it_says():
     assert float(distillation_kl(student, teacher, 2.0)) > 0.0
 
 
-def test_auto_precision_times_both_files_on_this_cpu_runs_the_faster_and_caches_it(smoke_bundle, tmp_path):
-    bundle = load_bundle(smoke_bundle)
+def test_auto_precision_times_the_checked_onnx_runtime_files_runs_the_faster_and_caches_it(smoke_bundle, tmp_path):
+    import shutil
+
+    from appliance.inference.accuracy import CHECK_FILE
+
+    root = tmp_path / "bundle"
+    shutil.copytree(smoke_bundle, root)
+    bundle = load_bundle(root)
     spec = bundle.mode("preview")
-    first = choose_backend(bundle, spec, preference="cpu", threads=1, precision_cache=tmp_path)
+    unchecked = choose_backend(bundle, spec, preference="ort-cpu", threads=1, precision_cache=tmp_path)
+    assert (unchecked.backend.name, unchecked.precision.source) == ("ort-cpu-fp32", "only candidate")
+    assert "not checked" in unchecked.precision.ineligible["ort-cpu-int8"]
+    (root / CHECK_FILE).write_text(json.dumps({"modes": {"preview": {"ort-cpu-int8": {
+        "model_sha256": bundle.manifest.files[spec.int8], "min_dice": 0.995}}}}))
+    first = choose_backend(bundle, spec, preference="ort-cpu", threads=1, precision_cache=tmp_path)
     how = first.precision
-    assert how.source == "measured" and set(how.ms_per_patch) == {"int8", "fp32"}
-    assert min(how.ms_per_patch.values()) > 0 and how.precision == min(how.ms_per_patch, key=how.ms_per_patch.get)
-    assert first.backend.name == f"ort-cpu-{how.precision}"
+    assert how.source == "measured" and set(how.ms_per_patch) == {"ort-cpu-int8", "ort-cpu-fp32"}
+    assert min(how.ms_per_patch.values()) > 0
+    assert how.candidate.key == min(how.ms_per_patch, key=how.ms_per_patch.get)
+    assert first.backend.name == how.candidate.key
     x = np.zeros((1, len(bundle.manifest.normalisation.channels), *spec.patch), dtype=np.float32)
     assert first.backend.run(x).shape[1] == NUM_CLASSES
-    again = choose_backend(bundle, spec, preference="cpu", threads=1, precision_cache=tmp_path)
+    again = choose_backend(bundle, spec, preference="ort-cpu", threads=1, precision_cache=tmp_path)
     assert (again.precision.source, again.precision.precision) == ("cached", how.precision)
 
 

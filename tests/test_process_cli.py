@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ def test_process_writes_surface_segmentation_seg_and_mesh_files_that_pass_dciodv
     run = subprocess.run([sys.executable, "-m", "appliance.cli", "process", str(series), "--mode", "preview",
                           "--out", str(out), "--mesh-files", "stl,ply"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "segment_s" in run.stdout and "backend ort-cpu" in run.stdout
+    assert "segment_s" in run.stdout and re.search(r"^backend (ort-cpu|openvino)-(fp32|bf16|int8) ", run.stdout, re.M)
     dicom = sorted(out.glob("*.dcm"))
     classes = {pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID: p for p in dicom}
     assert set(classes) == {"1.2.840.10008.5.1.4.1.1.66.5", "1.2.840.10008.5.1.4.1.1.66.4"}

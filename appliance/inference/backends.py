@@ -2,9 +2,10 @@
 
 Order of preference: a native TensorRT engine (built from the bundle's INT8 ONNX on the target and
 cached next to the bundle, keyed by GPU name, TensorRT version and bundle digest), ONNX Runtime's
-TensorRT/CUDA execution providers (when `onnxruntime-gpu` is installed and a GPU answers), and ONNX
-Runtime on the CPU (INT8 or FP32, whichever this CPU runs faster; threads from the config) -- the
-first-class path, always available.
+TensorRT/CUDA execution providers (when `onnxruntime-gpu` is installed and a GPU answers), and the CPU:
+whichever runtime x precision (ONNX Runtime INT8/FP32, OpenVINO FP32/BF16/INT8) this CPU runs fastest
+among those that passed the bundle's accuracy check (`accuracy`, `cpu_precision`; threads from the
+config). ONNX Runtime FP32 is the reference and the fallback, always available.
 Every probe that fails says why, in the log and in `BackendChoice.skipped`.
 """
 
@@ -13,14 +14,22 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from appliance.inference.accuracy import eligibility
 from appliance.inference.bundle import ModelBundle, ModeSpec
-from appliance.inference.cpu_precision import PrecisionChoice, choose_cpu_precision, cpu_fingerprint
+from appliance.inference.cpu_precision import (
+    Candidate,
+    PrecisionChoice,
+    choose_cpu_precision,
+    cpu_candidates,
+    cpu_fingerprint,
+)
+from appliance.inference.openvino_backend import OpenVinoBackend, openvino_version
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,7 @@ class Backend(Protocol):
 class BackendChoice:
     backend: Backend
     skipped: dict[str, str] = field(default_factory=dict)  # backend name -> reason
-    precision: PrecisionChoice | None = None  # ONNX Runtime CPU: which file, and why
+    precision: PrecisionChoice | None = None  # CPU: which runtime and file, and why
 
 
 class OrtBackend:
@@ -59,6 +68,49 @@ class OrtBackend:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: x})[0]
+
+
+def cpu_backend(candidate: Candidate, path: Path, threads: int, cache_dir: Path | None = None) -> Backend:
+    """The backend that runs `candidate` on the model file `path`."""
+    if candidate.runtime == "openvino":
+        return OpenVinoBackend(path, candidate.precision, threads, cache_dir)
+    return OrtBackend(path, ["CPUExecutionProvider"], threads, candidate.key)
+
+
+CPU_PREFERENCES = {"cpu": None, "ort-cpu": "ort-cpu", "openvino": "openvino"}  # preference -> runtime (None: any)
+
+
+def choose_cpu(bundle: ModelBundle, mode: str, *, runtime: str | None, precision: str, threads: int,
+               precision_cache: Path | None = None, cpu: str | None = None) -> tuple[Backend, PrecisionChoice]:
+    """The CPU backend for `mode`: among the candidates this machine has (of `runtime`, if given), those
+    of the requested precision; with precision auto only those the accuracy check passed; the fastest of
+    them as measured on this CPU (cached). A forced precision that failed the check still runs, with a
+    warning: the operator asked for it."""
+    spec = bundle.mode(mode)
+    cpu = cpu or cpu_fingerprint()
+    have_ov = openvino_version() is not None
+    if runtime == "openvino" and not have_ov:
+        raise RuntimeError("OpenVINO is not installed (pip install openvino)")
+    pool = [c for c in cpu_candidates(spec, cpu, have_ov) if runtime in (None, c.runtime)]
+    if precision != "auto":
+        pool = [c for c in pool if c.precision == precision]
+        if not pool:
+            raise RuntimeError(f"no CPU runtime here runs {mode} in {precision}"
+                               + (" (bf16 needs native bf16: AVX512-BF16 or AMX)" if precision == "bf16" else ""))
+    verdict = eligibility(bundle, mode, pool)
+    if precision == "auto":
+        chosen = verdict.eligible
+        if not chosen:  # e.g. openvino forced but none of its precisions checked: its FP32 is the least risk
+            chosen = [c for c in pool if c.precision == "fp32"][:1] or pool[:1]
+    else:
+        chosen = pool
+        for key, why in verdict.refused.items():
+            log.warning("event=inference_precision_not_eligible candidate=%s reason=%r", key, why)
+    how = choose_cpu_precision(bundle, spec, threads, candidates=chosen, cache_dir=precision_cache, cpu=cpu)
+    source = "requested" if precision != "auto" and how.source == "only candidate" else how.source
+    how = replace(how, source=source, ineligible=verdict.refused)
+    cache_dir = precision_cache or bundle.root / "engines"
+    return cpu_backend(how.candidate, bundle.path(how.candidate.model(spec)), threads, cache_dir), how
 
 
 def _ort_gpu_reason() -> str | None:
@@ -107,17 +159,22 @@ def _tensorrt_reason() -> str | None:
 
 
 def choose_backend(bundle: ModelBundle, spec: ModeSpec, *, preference: str = "auto", threads: int = 2,
-                   precision: str = "auto", precision_cache: Path | None = None) -> BackendChoice:
+                   precision: str = "auto", precision_cache: Path | None = None, mode: str | None = None,
+                   ) -> BackendChoice:
     """Probe in preference order and return the first backend that starts. `preference`: auto |
-    tensorrt | ort-gpu | cpu. `precision`: int8, fp32, or auto. TensorRT always gets the INT8 QDQ model;
-    ONNX Runtime GPU gets INT8 where its TensorRT provider runs it, else FP32; on the CPU, auto is
-    whichever of the two this CPU runs faster (`cpu_precision`: measured once, cached in
-    `precision_cache`, default the bundle's engines/: small INT8 convs can be slower than FP32)."""
+    tensorrt | ort-gpu | openvino | ort-cpu | cpu (the fastest eligible CPU runtime). `precision`: auto,
+    fp32, bf16 or int8. TensorRT always gets the INT8 QDQ model; ONNX Runtime GPU gets INT8 where its
+    TensorRT provider runs it, else FP32; on the CPU see `choose_cpu` (measured once, cached in
+    `precision_cache`, default the bundle's engines/)."""
     skipped: dict[str, str] = {}
+    mode = mode or next((m for m, s in bundle.manifest.modes.items() if s is spec), None)
+    if mode is None:
+        raise ValueError("choose_backend: pass mode= for a spec that is not one of the bundle's modes")
     if precision == "int8" and not spec.int8:
         precision = "fp32"
-    order = {"auto": ["tensorrt", "ort-gpu", "ort-cpu"], "tensorrt": ["tensorrt", "ort-cpu"],
-             "ort-gpu": ["ort-gpu", "ort-cpu"], "cpu": ["ort-cpu"]}.get(preference)
+    order = {"auto": ["tensorrt", "ort-gpu", "cpu"], "tensorrt": ["tensorrt", "cpu"],
+             "ort-gpu": ["ort-gpu", "cpu"], "cpu": ["cpu"], "ort-cpu": ["ort-cpu"],
+             "openvino": ["openvino"]}.get(preference)
     if order is None:
         raise ValueError(f"unknown backend preference {preference!r}")
     for name in order:
@@ -146,15 +203,12 @@ def choose_backend(bundle: ModelBundle, spec: ModeSpec, *, preference: str = "au
                                                 threads, "ort-gpu"), skipped)
             skipped[name] = reason
         else:
-            if precision == "auto":
-                how = choose_cpu_precision(bundle, spec, threads, cache_dir=precision_cache)
-            else:
-                how = PrecisionChoice(precision, {}, "requested", cpu_fingerprint())  # type: ignore[arg-type]
-            model = spec.int8 if how.precision == "int8" else spec.fp32
-            backend = OrtBackend(bundle.path(model), ["CPUExecutionProvider"], threads, f"ort-cpu-{how.precision}")
+            backend, how = choose_cpu(bundle, mode, runtime=CPU_PREFERENCES[name], precision=precision,
+                                      threads=threads, precision_cache=precision_cache)
             for other, why in skipped.items():
                 log.info("event=inference_backend_skipped backend=%s reason=%r", other, why)
             log.info("event=inference_backend backend=%s model=%s threads=%d precision_source=%s ms_per_patch=%s "
-                     "cpu=%r", backend.name, model, threads, how.source, json.dumps(how.ms_per_patch), how.cpu)
+                     "not_eligible=%s cpu=%r", backend.name, how.candidate.model(spec), threads, how.source,
+                     json.dumps(how.ms_per_patch), json.dumps(how.ineligible), how.cpu)
             return BackendChoice(backend, skipped, how)
     raise RuntimeError(f"no inference backend available: {skipped}")
