@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dicom_node.access import LOOPBACK_NETWORKS
+from dicom_node.volume import MAX_VOLUME_VOXELS
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "firmware_config" / "isonode.yaml"
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash or control
@@ -106,6 +107,8 @@ class StorageConfig(_Strict):
     data_dir: Path = Path("var")
     min_free_mb: int = Field(1024, ge=0, description="refuse new instances (0xA700) below this much free disk")
     fsync: bool = Field(True, description="fsync every instance before acknowledging it; keep on")
+    max_dataset_mb: int = Field(512, ge=16, description="refuse (0xA700) an instance whose data set, inflated "
+                                "if Deflated, or whose pixel data would take more memory than this")
 
 
 class RouteConfig(_Strict):
@@ -166,6 +169,8 @@ class ProcessingConfig(_Strict):
     decoded_cache_mb: int = Field(512, ge=0, description="keep frames decoded at ingest for the series' job "
                                   "(a 275-slice 512x512 series is 144 MB); 0: decode again from disk")
     threads: int = Field(0, ge=0, description="CPU threads for inference and meshing; 0 = all cores")
+    max_volume_voxels: int = Field(MAX_VOLUME_VOXELS, ge=1_000_000, description="a series whose volume (or "
+                                   "resampled grid) would hold more voxels fails its job with that reason")
     lease_s: float = Field(300.0, gt=0, description="a job whose worker stops renewing its lease is re-queued")
     max_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(10.0, ge=0)

@@ -19,7 +19,7 @@ from appliance.outbox import Outbox, OutboxSender
 from appliance.retention import sweep
 from appliance.routing import Router
 from appliance.runtime import Runtime, build_runtime
-from appliance.worker import Worker
+from appliance.worker import Worker, release_unfinished
 from dicom_node.access import AccessPolicy, PeerRule
 from dicom_node.catalog import StoredInstance
 from dicom_node.database import Database
@@ -67,6 +67,7 @@ def scp_settings(config: AppConfig) -> ScpSettings:
         max_pdu_size=n.max_pdu_size,
         access=access_policy(config),
         min_free_bytes=config.storage.min_free_mb * 1024 * 1024,
+        max_dataset_bytes=config.storage.max_dataset_mb * 1024 * 1024,
         fsync=config.storage.fsync,
         maximum_associations=n.maximum_associations,
         dimse_timeout_s=n.dimse_timeout_s,
@@ -165,10 +166,7 @@ class Node:
         address = self.scp.start()
         self.runtime = self.build_runtime()
         self.workers = [
-            Worker(f"worker-{i}", self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
-                   self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify,
-                   decoded=self.decoded.get)
-            for i in range(self.config.processing.workers)
+            self._make_worker(f"worker-{i}") for i in range(self.config.processing.workers)
         ]
         for w in self.workers:
             w.start()
@@ -178,9 +176,24 @@ class Node:
                       hint="results are kept under the data dir; add destinations (or --destination AE@HOST:PORT)")
         return address
 
+    def _make_worker(self, name: str) -> Worker:
+        return Worker(name, self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
+                      self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify,
+                      decoded=self.decoded.get)
+
+    def _replace_dead_workers(self) -> None:
+        """A worker thread that ended anyway (a bug) is replaced, so queued studies never wait forever."""
+        for i, w in enumerate(self.workers):
+            if not w.is_alive() and not self._stop.is_set():
+                log_event(logger, "worker.restarted", level=logging.ERROR, worker=w.name)
+                fresh = self._make_worker(w.name)
+                self.workers[i] = fresh
+                fresh.start()
+
     def run_until_stopped(self) -> None:
         next_sweep = time.monotonic()
         while not self._stop.is_set():
+            self._replace_dead_workers()
             try:
                 self.completion.complete_idle()
             except Exception:
@@ -205,6 +218,7 @@ class Node:
             w.stop()
         for w in self.workers:
             w.join(timeout=30)
+        release_unfinished(self.jobs, self.workers)
         self.db.close()
         os.close(self._lock_fd)
         log_event(logger, "node.stopped")

@@ -41,7 +41,7 @@ from dicom_node.derived import (
 from dicom_node.seg import SEGMENTATION_SOP_CLASS_UID, build_segmentation
 from dicom_node.spool import store_durably
 from dicom_node.surface_seg import SURFACE_SEGMENTATION_SOP_CLASS_UID, SurfaceSegmentation
-from dicom_node.volume import DecodedLookup, Volume, assemble_volume
+from dicom_node.volume import MAX_VOLUME_VOXELS, DecodedLookup, Volume, assemble_volume
 from kernels import label_counts
 from kernels.mesh import Mesh
 from kernels.mesh_io import ply_bytes, stl_bytes
@@ -90,11 +90,12 @@ class SeriesInput:
     headers: list[Dataset]  # source instances in volume order (one per distinct SOP instance), no pixels
 
 
-def read_series(files: Sequence[Path], decoded: DecodedLookup | None = None) -> SeriesInput:
+def read_series(files: Sequence[Path], decoded: DecodedLookup | None = None, *,
+                max_voxels: int = MAX_VOLUME_VOXELS) -> SeriesInput:
     """Assemble the series (raises VolumeError / PixelDecodeError for input the node cannot process) and
     read the source headers the result objects copy and reference. `decoded`: frames the node decoded at
     ingest (dicom_node.decoded_frames), used instead of decoding those files again."""
-    volume = assemble_volume([Path(f) for f in files], decoded=decoded)
+    volume = assemble_volume([Path(f) for f in files], decoded=decoded, max_voxels=max_voxels)
     by_uid: dict[str, Dataset] = {}
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -259,11 +260,11 @@ class PipelineOutput:
 
 
 def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan,
-                 decoded: DecodedLookup | None = None) -> PipelineOutput:
+                 decoded: DecodedLookup | None = None, *, max_voxels: int = MAX_VOLUME_VOXELS) -> PipelineOutput:
     """Every stage on one series: read, segment, mesh, encode. Writing and delivery are the caller's."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    series_input = read_series(files, decoded)
+    series_input = read_series(files, decoded, max_voxels=max_voxels)
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     result = segment_volume(series_input.volume, runtime, plan.mode)

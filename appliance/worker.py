@@ -65,6 +65,7 @@ class Worker(threading.Thread):
         self.on_delivery_queued = on_delivery_queued
         self.decoded = decoded
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
+        self.current: Job | None = None  # the job this worker holds, for a clean shutdown to give back
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -82,7 +83,18 @@ class Worker(threading.Thread):
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
                 continue
-            self._run_job(job)
+            self.current = job
+            try:
+                self._run_job(job)
+            except Exception:  # SQLite busy, an I/O error, disk full: this job fails, the worker goes on
+                logger.exception("worker.job_crashed", extra={"fields": {"job": job.id}})
+                try:
+                    self._record_failure(job, "worker error (see the log)", retryable=True)
+                except Exception:  # the database itself is failing: the lease expires and the job comes back
+                    logger.exception("worker.failure_not_recorded", extra={"fields": {"job": job.id}})
+                self._stop_event.wait(self.poll_s)
+            finally:
+                self.current = None
 
     def _renew_until(self, job: Job, done: threading.Event) -> None:
         while not done.wait(self.lease_s / 3):
@@ -91,6 +103,8 @@ class Worker(threading.Thread):
             except LeaseLostError:
                 log_event(logger, "job.lease_lost", level=logging.ERROR, job=job.id)
                 return
+            except Exception:  # a busy or failing database: try again at the next interval, the lease has slack
+                logger.exception("job.lease_renewal_failed", extra={"fields": {"job": job.id}})
 
     def _run_job(self, job: Job) -> None:
         log_event(logger, "job.started", job=job.id, series=job.series_uid, version=job.series_version,
@@ -104,7 +118,8 @@ class Worker(threading.Thread):
                      for rel in self.index.series_files(job.series_uid, up_to_version=job.series_version)]
             sv = self.index.version(job.series_uid, job.series_version)
             route = self.router.route(sv) if sv is not None else None
-            output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route), self.decoded)
+            output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route), self.decoded,
+                                  max_voxels=self.config.processing.max_volume_voxels)
             t = time.perf_counter()
             out_dir = self.results_dir / job.series_uid / f"v{job.series_version}-{job.mode}"
             write_results(out_dir, output.objects, fsync=self.config.storage.fsync, replace=True)
@@ -175,3 +190,20 @@ class Worker(threading.Thread):
             return
         log_event(logger, "job.failed", level=logging.WARNING, job=job.id, series=job.series_uid,
                   next_state=state, error=error[:300])
+
+
+def release_unfinished(jobs: JobQueue, workers: list[Worker]) -> int:
+    """At a clean shutdown, give back the jobs workers still hold without counting the attempt (a restart
+    must not use one up); a worker that finishes later finds its lease gone and leaves the job alone."""
+    released = 0
+    for worker in workers:
+        job = worker.current
+        if job is None:
+            continue
+        try:
+            jobs.release(job.id, worker.owner)
+            released += 1
+            log_event(logger, "job.released", job=job.id, series=job.series_uid, mode=job.mode)
+        except LeaseLostError:
+            pass
+    return released

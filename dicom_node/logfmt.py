@@ -29,6 +29,19 @@ def _split_logfmt(message: str) -> tuple[str, dict[str, str]]:
     return pairs.pop("event", message), pairs
 
 
+def _exception_summary(exc_info: Any) -> str:
+    """The exception's type and where it was raised (file:line, function), never its message: messages
+    can quote the data that failed (a patient name in a header, a path with an accession number)."""
+    exc_type, _, tb = exc_info
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return exc_type.__name__
+    code = last.tb_frame.f_code
+    return f"{exc_type.__name__} at {code.co_filename.rsplit('/', 1)[-1]}:{last.tb_lineno} in {code.co_name}"
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -43,8 +56,8 @@ class JsonLineFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             entry.update({k: v for k, v in fields.items() if k not in entry})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = _exception_summary(record.exc_info)
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from dicom_node.access import AccessPolicy
 from dicom_node.catalog import CatalogEntry
 from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex, InstanceRecord
+from dicom_node.limits import TooLargeError, check_pixel_size, inflate_bounded
 from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta
 from dicom_node.pixels import TRANSFER_SYNTAXES_ACCEPTED, PixelDecodeError, check_decodable
@@ -96,6 +98,7 @@ class ScpSettings:
     max_pdu_size: int = 131072
     access: AccessPolicy = AccessPolicy()
     min_free_bytes: int = 1 << 30
+    max_dataset_bytes: int = 512 << 20  # dicom_node.limits
     fsync: bool = True
     maximum_associations: int = 16
     acse_timeout_s: float = 30.0
@@ -369,8 +372,18 @@ class DicomScp:
             return StoreOutcome(code, reason)
 
         ts = UID(transfer_syntax_uid)
+        limit = self.settings.max_dataset_bytes
+        if len(dataset_bytes) > limit:
+            return fail(status.OUT_OF_RESOURCES, f"data set larger than {limit // (1024 * 1024)} MB")
         try:
-            ds = decode(BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+            # a Deflated data set is inflated here, within the bound, not by pydicom without one
+            body = inflate_bounded(dataset_bytes, limit) if ts.is_deflated else dataset_bytes
+        except TooLargeError as exc:
+            return fail(status.OUT_OF_RESOURCES, str(exc))
+        except zlib.error:
+            return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, "cannot parse data set: corrupt deflate stream")
+        try:
+            ds = decode(BytesIO(body), ts.is_implicit_VR, ts.is_little_endian, False)
             ds_class = str(ds.get("SOPClassUID", "") or "").strip()
             ds_instance = str(ds.get("SOPInstanceUID", "") or "").strip()
             study_uid = check_uid(str(ds.get("StudyInstanceUID", "") or ""), "StudyInstanceUID")
@@ -379,8 +392,8 @@ class DicomScp:
         except InvalidUIDError as exc:
             return fail(status.CANNOT_UNDERSTAND_MISSING_UID, str(exc))
         except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, KeyError, IndexError) as exc:
-            return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot parse data set: {type(exc).__name__}",
-                        detail=str(exc)[:200])
+            # the exception's text may quote a value (a name, an ID): only its type is logged
+            return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot parse data set: {type(exc).__name__}")
         if not ds_class:
             return fail(status.CANNOT_UNDERSTAND_MISSING_UID, "SOPClassUID is missing or empty")
         if ds_class != sop_class_uid:
@@ -396,6 +409,10 @@ class DicomScp:
         is_image = ds_class in PROCESSED_IMAGE_CLASSES
         frame = None
         if is_image:
+            try:
+                check_pixel_size(ds, limit)
+            except TooLargeError as exc:
+                return fail(status.OUT_OF_RESOURCES, str(exc))
             try:
                 frame = check_decodable(ds, transfer_syntax_uid=ts)
             except PixelDecodeError as exc:

@@ -53,6 +53,9 @@ FILL_HU = -1024  # value for resampled voxels no source slice covers (air)
 ORIENTATION_TOLERANCE = 1e-4  # max abs difference of IOP components
 DUPLICATE_TOLERANCE_MM = 0.01  # two slices closer than this along n are "the same position"
 SHEAR_TOLERANCE_PX = 0.05  # in-plane drift (fraction of a pixel) below which a stack is not sheared
+# the default bound on a volume's grid: a 0.5 mm whole-body CT is ~2000 x 512 x 512 = 524 M voxels (1 GB as
+# int16); processing.max_volume_voxels in the config
+MAX_VOLUME_VOXELS = 1_000_000_000
 
 
 class VolumeError(ValueError):
@@ -396,6 +399,7 @@ def _resample(
     axes: tuple[np.ndarray, np.ndarray, np.ndarray],
     reader: _Reader,
     integral: bool,
+    max_voxels: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     row_dir, col_dir, normal = axes
     dy, dx = slices[0].pixel_spacing
@@ -407,6 +411,7 @@ def _resample(
     i0, j0 = math.floor(off_x_all.min() + 1e-6), math.floor(off_y_all.min() + 1e-6)
     out_cols = math.ceil(off_x_all.max() - i0 - 1e-6) + cols
     out_rows = math.ceil(off_y_all.max() - j0 - 1e-6) + rows
+    _check_grid_size((n_out, out_rows, out_cols), max_voxels, "the resampled grid")
     out = np.empty((n_out, out_rows, out_cols), dtype=np.int16 if integral else np.float32)
     cache: dict[int, np.ndarray] = {}
 
@@ -443,8 +448,17 @@ def _resample(
     return out, affine
 
 
+def _check_grid_size(shape: tuple[int, int, int], max_voxels: int, what: str) -> None:
+    """Refuse a grid before allocating it: its size comes from header positions and spacing, which a crafted
+    or broken series can make arbitrarily large."""
+    voxels = shape[0] * shape[1] * shape[2]
+    if voxels > max_voxels:
+        raise VolumeError(f"{what} {shape[0]}x{shape[1]}x{shape[2]} would hold {voxels / 1e6:.0f} M voxels, "
+                          f"more than processing.max_volume_voxels ({max_voxels / 1e6:.0f} M)")
+
+
 def assemble_volume(datasets_or_paths: Iterable[Path | str | Dataset], *,
-                    decoded: DecodedLookup | None = None) -> Volume:
+                    decoded: DecodedLookup | None = None, max_voxels: int = MAX_VOLUME_VOXELS) -> Volume:
     """Build one HU volume from the instances of one series, in any order. Raises VolumeError.
 
     Paths are read twice: headers first (stop_before_pixels) to sort and check, then pixels slice by
@@ -494,6 +508,7 @@ def assemble_volume(datasets_or_paths: Iterable[Path | str | Dataset], *,
         step_vec = (slices[-1].position - first.position) / (len(slices) - 1)
 
     if regular and not sheared:
+        _check_grid_size((len(slices), first.rows, first.cols), max_voxels, "the volume")
         out = np.empty((len(slices), first.rows, first.cols), dtype=np.int16 if integral else np.float32)
         for k, s in enumerate(slices):
             out = _store(out, k, reader.hu(s))
@@ -516,7 +531,7 @@ def assemble_volume(datasets_or_paths: Iterable[Path | str | Dataset], *,
     if not regular:
         notes.append(f"uneven slice spacing (gaps {gaps.min():.2f}..{gaps.max():.2f} mm)")
     spacing_n = float(gaps.mean()) if regular else max(float(gaps.min()), 0.25 * float(np.median(gaps)))
-    out, affine = _resample(slices, dist, in_plane, spacing_n, axes, reader, integral)
+    out, affine = _resample(slices, dist, in_plane, spacing_n, axes, reader, integral, max_voxels)
     note = (
         f"{' and '.join(notes)}: {len(slices)} slices resampled to {out.shape[0]} x "
         f"{float(np.linalg.norm(affine[:3, 2])):.3f} mm along the slice normal, in-plane grid "

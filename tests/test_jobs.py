@@ -102,3 +102,76 @@ def test_queue_survives_reopening_the_database(tmp_path):
     q1.enqueue(kind=PROCESS_SERIES, series_uid="9.9", series_version=1)
     q2 = JobQueue(Database(db_path))
     assert q2.counts() == {"queued": 1, "running": 0, "done": 0, "failed": 0}
+
+
+def _crashing_worker(queue: JobQueue, crashes: list[Exception]):  # noqa: ANN202 - a Worker
+    """A Worker whose job body raises what the pipeline's handlers do not catch (SQLite busy, I/O error),
+    then completes the job once `crashes` is used up."""
+    from appliance.config import parse_config
+    from appliance.worker import Worker
+
+    class Crashing(Worker):
+        ran: list[int] = []
+
+        def _run_job(self, job) -> None:  # noqa: ANN001
+            self.ran.append(job.id)
+            if crashes:
+                raise crashes.pop(0)
+            queue.complete(job.id, self.owner, {})
+
+    return Crashing("w", queue, None, None, parse_config(""), None, None, None, poll_s=0.05)
+
+
+def test_a_worker_survives_an_uncaught_error_and_the_job_is_retried(queue):
+    import sqlite3
+
+    first, second = _enqueue(queue, "1.2.3"), _enqueue(queue, "1.2.4")
+    worker = _crashing_worker(queue, [sqlite3.OperationalError("database is locked"), OSError(28, "full")])
+    queue.retry_backoff_s = 0.0
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(queue.get(j).state == "done" for j in (first, second)):
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        worker.join(5)
+    assert [queue.get(j).state for j in (first, second)] == ["done", "done"]
+    assert len(worker.ran) == 4  # two crashes, each job then retried and done
+
+
+def test_lease_renewal_survives_a_busy_database():
+    import sqlite3
+    import threading
+
+    from appliance.config import parse_config
+    from appliance.worker import Worker
+
+    calls: list[str] = []
+
+    class FlakyQueue:
+        def renew(self, job_id, owner, lease_s) -> None:  # noqa: ANN001
+            calls.append("renew")
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+
+    worker = Worker("w", FlakyQueue(), None, None, parse_config("processing: {lease_s: 0.06}"), None, None, None)
+    done = threading.Event()
+    renewer = threading.Thread(target=worker._renew_until, args=(type("J", (), {"id": 1})(), done))
+    renewer.start()
+    time.sleep(0.2)
+    done.set()
+    renewer.join(2)
+    assert len(calls) >= 3, "renewal went on after the database refused once"
+
+
+def test_a_clean_shutdown_gives_back_held_jobs_without_counting_the_attempt(queue):
+    from appliance.worker import release_unfinished
+
+    job_id = _enqueue(queue)
+    worker = _crashing_worker(queue, [])
+    worker.current = queue.claim(worker.owner, 60)
+    assert queue.get(job_id).attempts == 1
+    assert release_unfinished(queue, [worker]) == 1
+    job = queue.get(job_id)
+    assert (job.state, job.attempts) == ("queued", 0)

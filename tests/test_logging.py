@@ -39,3 +39,15 @@ def test_logfmt_style_messages_are_split_into_fields():
 
 def test_plain_messages_stay_whole():
     assert _format(lambda log: log.warning("something odd happened"))["event"] == "something odd happened"
+
+
+def test_an_exception_is_logged_by_type_and_place_never_by_its_message():
+    def fail(log):
+        try:
+            raise ValueError("Invalid value for PN: 'DOE^JANE' (patient 123456)")
+        except ValueError:
+            log.exception("store.internal_error")
+
+    entry = _format(fail)
+    assert entry["exception"].startswith("ValueError at test_logging.py:")
+    assert "DOE" not in json.dumps(entry) and "123456" not in json.dumps(entry)

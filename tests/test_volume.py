@@ -289,3 +289,22 @@ def test_assembly_peak_memory_stays_near_one_volume(tmp_path):
     assert peak < 2.5 * vol.array.nbytes, (
         f"peak {peak / 1e6:.1f} MB for a {vol.array.nbytes / 1e6:.1f} MB volume"
     )
+
+
+def test_a_grid_too_large_is_refused_before_it_is_allocated(tmp_path, phantom_files):
+    # positions that drift 50 m sideways: the resampled grid would be ~16 x 48 x 40,000 voxels
+    edited = []
+    for i, f in enumerate(phantom_files):
+        ds = pydicom.dcmread(f)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + 50_000.0 * i / (len(phantom_files) - 1), y, z]
+        ds.save_as(tmp_path / f"drift{i:02d}.dcm")
+        edited.append(tmp_path / f"drift{i:02d}.dcm")
+    tracemalloc.start()
+    with pytest.raises(VolumeError, match="resampled grid .* M voxels, more than processing.max_volume_voxels"):
+        assemble_volume(edited, max_voxels=10_000_000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50 * 1024 * 1024
+    with pytest.raises(VolumeError, match="the volume 16x48x40"):
+        assemble_volume(phantom_files, max_voxels=1000)
