@@ -92,8 +92,8 @@ def load_for_sending(path: Path, instance: StoredInstance, accepted: dict[str, s
 def send_instances(instances: list[StoredInstance], resolve_path: Callable[[StoredInstance], Path],
                    accepted: Callable[[], dict[str, set[str]]], is_cancelled: Callable[[], bool],
                    what: str, calling_ae: str) -> Iterator[tuple[int, Dataset | None]]:
-    """(Pending, instance) per instance, or Cancel when the peer cancels. Shared with C-GET. No final
-    Success: pynetdicom answers it (with the sub-operation counts) once the generator is exhausted."""
+    """(Pending, instance) per instance, or Cancel when the peer cancels; for C-MOVE and C-GET alike. No
+    final Success: pynetdicom answers it (with the sub-operation counts) once the generator is exhausted."""
     t0 = time.perf_counter()
     unsendable = 0
     for sent, inst in enumerate(instances):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from appliance.inference.bundle import ModelBundle
 from appliance.inference.cpu_precision import REFERENCE, Candidate
@@ -60,7 +59,3 @@ def eligibility(bundle: ModelBundle, mode: str, candidates: list[Candidate], che
         else:
             eligible.append(cand)
     return Eligibility(eligible, refused)
-
-
-def check_path(bundle_root: Path) -> Path:
-    return Path(bundle_root) / CHECK_FILE
