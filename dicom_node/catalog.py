@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from dicom_node.database import Database
 
@@ -89,14 +90,17 @@ CREATE INDEX IF NOT EXISTS catalog_instances_by_path ON catalog_instances (store
 """
 
 
-def attribute_text(ds: Dataset, keyword: str) -> str:
-    """An attribute as the catalog stores it: multiple values joined by backslash, padding stripped."""
-    value = ds.get(keyword)
+def value_text(value: object) -> str:
+    """A value as the catalog stores and matches it: multiple values joined by backslash, padding stripped."""
     if value is None:
         return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         return "\\".join(str(v).strip() for v in value)
     return str(value).strip().rstrip("\x00")
+
+
+def attribute_text(ds: Dataset, keyword: str) -> str:
+    return value_text(ds.get(keyword))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from dicom_node.catalog import (
     SERIES_VIEW,
     STUDY_COLUMNS,
     STUDY_VIEW,
+    value_text,
 )
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -201,15 +202,6 @@ class Query:
                 tuple(p for c in self.conditions for p in c.params))
 
 
-def _text(element: DataElement) -> str:
-    value = element.value
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
 def parse_query(identifier: Dataset, model: str) -> Query:
     """Validate an Identifier against the information model and turn it into conditions."""
     if "QueryRetrieveLevel" not in identifier:
@@ -232,7 +224,7 @@ def parse_query(identifier: Dataset, model: str) -> Query:
             continue  # returned empty: not catalogued, a sequence, or below the query level
         if key.computed and kw != "ModalitiesInStudy":
             continue  # counts are return keys only
-        condition = _value_condition(key, _text(element))
+        condition = _value_condition(key, value_text(element.value))
         if condition is not None:
             conditions.append(condition)
     return Query(model, level, tuple(conditions), tuple(return_keys), identifier)

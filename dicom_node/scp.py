@@ -246,10 +246,10 @@ class DicomScp:
                              "query_retrieve.allowed_peers")
             assoc.acse.send_reject(*status.REJECT_CALLING_AE_NOT_RECOGNIZED)
             return
-        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.primitive.presentation_context_definition_list}
         if may_qr:
             assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *self._qr_contexts()]
-        elif proposed & set(QR_CLASSES):
+        elif any(str(cx.abstract_syntax) in QR_CLASSES
+                 for cx in assoc.requestor.primitive.presentation_context_definition_list):
             log_event(logger, "query_retrieve.refused", level=logging.WARNING, calling_ae=calling, address=address,
                       reason="calling AE title/address not in query_retrieve.allowed_peers")
         with self._stats_lock:

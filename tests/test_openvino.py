@@ -71,14 +71,14 @@ def test_openvino_labels_a_real_chest_ct_as_onnx_runtime_fp32_does(bundle, chest
     assert min(scores.values()) >= 1 - MAX_DICE_LOSS, scores
 
 
-def _check(bundle, records: dict) -> dict:
+def _full_mode_check(records: dict) -> dict:
     return {"modes": {"full": records}}
 
 
 def test_only_candidates_the_accuracy_check_passed_for_these_files_are_eligible(bundle):
     sha = bundle.manifest.files
     spec = bundle.mode("full")
-    check = _check(bundle, {
+    check = _full_mode_check({
         "openvino-bf16": {"model_sha256": sha[spec.fp32], "min_dice": 0.996},
         "openvino-int8": {"model_sha256": sha[spec.int8], "min_dice": 0.47, "worst": "aorta on chest"},
         "ort-cpu-int8": {"model_sha256": "another build's file", "min_dice": 0.999},
