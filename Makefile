@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export TCP_NODELAY := 1
 
-.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda gpu-check
+.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda gpu-check web
 
 $(VENV)/.stamp-base: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,34 +25,43 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp-test
 	touch $@
 
 # Debian packages the appliance or its tests use; installed only when a tool is missing.
-APT_PACKAGES := dcmtk dicom3tools orthanc chromium g++
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium g++ libegl1 libegl-mesa0 libosmesa6
 system-deps:
 	@missing=0; \
 	for tool in storescu echoscu findscu movescu getscu storescp dciodvfy Orthanc chromium g++; do \
 	  command -v $$tool >/dev/null 2>&1 || missing=1; \
 	done; \
+	ldconfig -p | grep -q libEGL_mesa || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
+# The bedside page: npm packages pinned by package-lock.json, bundled into appliance/web/static (not committed).
+WEB_SRC := appliance/web/frontend
+WEB_BUILT := appliance/web/static/index.html
+$(WEB_BUILT): $(WEB_SRC)/package.json $(WEB_SRC)/package-lock.json $(shell find $(WEB_SRC) -path '*/node_modules' -prune -o -type f -print 2>/dev/null)
+	cd $(WEB_SRC) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	touch $@
+web: $(WEB_BUILT)
+
 # The node keeps freed memory for the next job, as its systemd unit runs it (firmware_config/systemd).
 NODE_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-run: $(VENV)/.stamp-base
+run: $(VENV)/.stamp-base web
 	$(NODE_MALLOC) $(VENV)/bin/isonode serve --config firmware_config/isonode.yaml
 
-test: system-deps $(VENV)/.stamp-test
+test: system-deps $(VENV)/.stamp-test web
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 # The default suite minus the tests marked slow.
-test-fast: system-deps $(VENV)/.stamp-test
+test-fast: system-deps $(VENV)/.stamp-test web
 	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check .
 
-bench: system-deps $(VENV)/.stamp-bench
+bench: system-deps $(VENV)/.stamp-bench web
 	$(PY) -m bench
 
 # Rebuild the model bundle from scratch: labels, teacher (five phases, 3600 steps, the last three averaged),

@@ -19,8 +19,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):  # noqa: ANN202 - AppConfig, imported lazily above
     config = load_config(args.config)
+    web_port = 0 if getattr(args, "no_web", False) else getattr(args, "web_port", None)
     return with_overrides(config, port=getattr(args, "port", None), data_dir=args.data_dir,
-                          destinations=getattr(args, "destination", None))
+                          destinations=getattr(args, "destination", None), web_port=web_port)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -111,6 +112,28 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     for job in jobs.list(state=args.state, limit=args.limit):
         print(f"{job.id:6d} {job.state:8s} {job.mode:8s} attempts {job.attempts}/{job.max_attempts}"
               f" series {job.series_uid} v{job.series_version}" + (f"  {job.last_error}" if job.last_error else ""))
+    return 0
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    from appliance.feedback import FeedbackStore, export_document
+    from appliance.jobs import JobQueue
+    from dicom_node.database import Database
+
+    db = Database(_config(args).database_path)
+    JobQueue(db)  # feedback refers to jobs: their table exists first on a fresh database
+    items = FeedbackStore(db).list(since=args.since)
+    if args.feedback_command == "export":
+        args.out.write_text(json.dumps(export_document(items), indent=1) + "\n")
+        print(f"wrote {len(items)} feedback item(s) to {args.out}")
+        return 0
+    if args.json:
+        print(json.dumps(export_document(items)["feedback"], indent=1))
+        return 0
+    for f in items:
+        what = "accepted" if f.verdict == "accept" else f"flagged {f.segment}"
+        print(f"{f.id:6d} job {f.job_id:<6d} {f.mode:8s} {f.model_name} {f.model_version}  {what}"
+              + (f": {f.reason}" if f.reason else ""))
     return 0
 
 
@@ -261,7 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--destination", action="append", default=[], metavar="AE@HOST:PORT",
                        help="add a destination for the results (repeatable); with no routing rule, results go "
                             "to every destination")
+    serve.add_argument("--web-port", type=int, default=None, metavar="N",
+                       help="serve the bedside page and its API on port N (override web.port; the token comes "
+                            "from web.token_file or ISONODE_WEB_TOKEN)")
+    serve.add_argument("--no-web", action="store_true", help="do not serve the bedside page")
     serve.set_defaults(func=_cmd_serve)
+
+    feedback = sub.add_parser("feedback", help="physicians' feedback on results (from the bedside page)")
+    feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
+    fb_list = feedback_sub.add_parser("list", help="every feedback item, oldest first")
+    fb_export = feedback_sub.add_parser("export", help="write the feedback for the model toolchain "
+                                        "(compiler.feedback.load_review_list reads it)")
+    fb_export.add_argument("--out", type=Path, required=True)
+    fb_list.add_argument("--json", action="store_true", help="a JSON list")
+    for p in (fb_list, fb_export):
+        _add_common(p)
+        p.add_argument("--since", type=float, default=None, metavar="UNIX_TIME", help="only items from then on")
+        p.set_defaults(func=_cmd_feedback)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

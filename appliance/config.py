@@ -216,6 +216,8 @@ class RoutingRule(_Strict):
     modes: list[Mode] = Field(default_factory=lambda: ["preview", "full"])
     destinations: list[str] | None = Field(None, description="destination names; unset = every destination")
     experimental_segments: bool = Field(False, description="also send the bundle's experimental classes")
+    rendered_view: list[Mode] | None = Field(None, description="modes whose result series also holds the "
+                                             "rendered 3D view; unset = output.rendered_view")
 
     def matches(self, facts: SeriesFacts) -> bool:
         pairs = ((self.calling_ae_title, facts.calling_ae), (self.called_ae_title, facts.called_ae),
@@ -233,6 +235,7 @@ class Route(BaseModel):
     modes: tuple[Mode, ...]
     destinations: tuple[str, ...]
     experimental_segments: bool = False
+    rendered_view: tuple[Mode, ...] | None = None  # None: the config's output.rendered_view
 
 
 DEFAULT_ROUTE_NAME = "default"
@@ -264,6 +267,9 @@ class OutputConfig(_Strict):
     seg: bool = Field(True, description="binary DICOM SEG on the CT grid (most viewers read SEG, few surfaces)")
     mesh_files: list[Literal["stl", "ply"]] = Field(default_factory=list,
                                                     description="also write STL/PLY per segment (not sent)")
+    rendered_view: list[Mode] = Field(default_factory=lambda: ["preview"],
+                                      description="modes whose result series also holds a rendered 3D view "
+                                      "(Secondary Capture: any PACS viewer shows it)")
 
 
 class OutboxConfig(_Strict):
@@ -271,6 +277,33 @@ class OutboxConfig(_Strict):
     retry_max_s: float = Field(300.0, gt=0)
     max_failure_statuses: int = Field(5, ge=1, description="a destination refusing this often: failed")
     max_age_h: float = Field(72.0, gt=0, description="undelivered this long: failed (kept on disk, retryable)")
+
+
+class WebConfig(_Strict):
+    """The bedside page and its JSON API. Everything but /api/health needs the token (a bearer header, or
+    the session cookie the login page sets); HTTPS when a certificate and key are configured."""
+
+    enabled: bool = True
+    port: int = Field(8080, ge=1, le=65535)
+    bind_address: str = "0.0.0.0"
+    token_file: Path | None = Field(None, description="file holding the access token (the environment "
+                                    "variable ISONODE_WEB_TOKEN wins); unset: <data_dir>/web-token, made at "
+                                    "first start")
+    certificate: Path | None = Field(None, description="PEM certificate chain: serve HTTPS")
+    private_key: Path | None = None
+    session_hours: float = Field(12.0, gt=0, le=168, description="a login lasts this long (one shift)")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> WebConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (HTTPS needs both)")
+        return self
 
 
 class LoggingConfig(_Strict):
@@ -290,6 +323,7 @@ class AppConfig(_Strict):
     output: OutputConfig = OutputConfig()
     outbox: OutboxConfig = OutboxConfig()
     logging: LoggingConfig = LoggingConfig()
+    web: WebConfig = WebConfig()
 
     @model_validator(mode="after")
     def _known_destinations(self) -> AppConfig:
@@ -312,7 +346,8 @@ class AppConfig(_Strict):
                 modes = tuple(m for m in ("preview", "full") if m in rule.modes)
                 dests = every if rule.destinations is None else tuple(rule.destinations)
                 return Route(rule=rule.name, modes=modes, destinations=dests,
-                             experimental_segments=rule.experimental_segments)
+                             experimental_segments=rule.experimental_segments,
+                             rendered_view=None if rule.rendered_view is None else tuple(rule.rendered_view))
         if facts.modality.strip().upper() in {m.upper() for m in self.routing.default_modalities}:
             return Route(rule=DEFAULT_ROUTE_NAME, modes=("preview", "full"), destinations=every)
         return None
@@ -395,9 +430,15 @@ def parse_destination(text: str) -> DestinationConfig:
 
 
 def with_overrides(config: AppConfig, *, port: int | None = None, data_dir: Path | None = None,
-                   destinations: list[str] | None = None) -> AppConfig:
-    """Apply command-line flags, which win over the file; `--destination` adds to the config's list."""
+                   destinations: list[str] | None = None, web_port: int | None = None) -> AppConfig:
+    """Apply command-line flags, which win over the file; `--destination` adds to the config's list;
+    `web_port` 0 turns the web page off, another number serves it there."""
     node = config.node if port is None else config.node.model_copy(update={"port": port})
+    web = config.web
+    if web_port is not None:
+        if not 0 <= web_port <= 65535:
+            raise ConfigError(f"--web-port {web_port}: must be 1-65535")
+        web = web.model_copy(update={"enabled": web_port != 0, "port": web_port or web.port})
     storage = config.storage if data_dir is None else config.storage.model_copy(update={"data_dir": Path(data_dir)})
     extra = [parse_destination(d) for d in destinations or ()]
     taken = {d.name for d in config.destinations}
@@ -407,5 +448,5 @@ def with_overrides(config: AppConfig, *, port: int | None = None, data_dir: Path
             name, n = f"{dest.name}-{n}", n + 1
         taken.add(name)
         extra[i] = dest.model_copy(update={"name": name})
-    return config.model_copy(update={"node": node, "storage": storage,
+    return config.model_copy(update={"node": node, "storage": storage, "web": web,
                                      "destinations": [*config.destinations, *extra]})

@@ -16,7 +16,7 @@ from typing import Any
 
 from dicom_node.database import Database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,7 +36,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     UNIQUE (kind, series_uid, series_version, mode)
 );
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before)
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
+CREATE TABLE IF NOT EXISTS job_progress (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    stages TEXT NOT NULL
+)
 """
 
 JOB_STATES = ("queued", "running", "done", "failed")
@@ -152,6 +157,15 @@ class JobQueue:
         now = time.time()
         self._update_owned(job_id, owner, "UPDATE jobs SET lease_expires_at = ?, updated_at = ?",
                            (now + lease_s, now))
+
+    def report_stages(self, job_id: int, owner: str, stages: list[dict[str, Any]]) -> None:
+        """Record the running attempt's stages (name, started_at, seconds) for the progress display."""
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO job_progress (job_id, attempt, stages) SELECT id, attempts, ? FROM jobs"
+                         " WHERE id = ? ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,"
+                         " stages = excluded.stages", (json.dumps(stages), job_id))
+
+        self._update_owned(job_id, owner, "UPDATE jobs SET updated_at = ?", (time.time(),), upsert)
 
     def complete(self, job_id: int, owner: str, result: dict[str, Any],
                  also: Callable[[sqlite3.Connection], None] | None = None) -> None:

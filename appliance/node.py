@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from appliance.completion import SeriesCompletion
 from appliance.config import AppConfig, PeerConfig
@@ -32,6 +33,9 @@ from dicom_node.qr_move import MoveService
 from dicom_node.recovery import recover_catalog, recover_spool
 from dicom_node.scp import DicomScp, QueryRetrieveServices, ScpSettings, spool_layout
 from dicom_node.spool import store_durably
+
+if TYPE_CHECKING:
+    from appliance.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +139,7 @@ class Node:
                                    max_pdu_size=config.node.max_pdu_size)
         self.runtime: Runtime | None = None
         self.workers: list[Worker] = []
+        self.web: WebServer | None = None
         self._stop = threading.Event()
 
     def _on_released(self, series_uids: set[str], calling_ae: str, called_ae: str) -> None:
@@ -164,6 +169,7 @@ class Node:
         time the CPU precisions (seconds) already accepts studies, which queue until the workers run."""
         self.recover()
         address = self.scp.start()
+        self.start_web()
         self.runtime = self.build_runtime()
         self.workers = [
             self._make_worker(f"worker-{i}") for i in range(self.config.processing.workers)
@@ -175,6 +181,24 @@ class Node:
             log_event(logger, "node.no_destinations", level=logging.WARNING,
                       hint="results are kept under the data dir; add destinations (or --destination AE@HOST:PORT)")
         return address
+
+    def start_web(self) -> None:
+        """The bedside page, when configured. A port already in use leaves the node serving DICOM without
+        the page (logged as an error); a bad token or certificate stops the start, naming the file."""
+        if not self.config.web.enabled:
+            return
+        from appliance.web.server import WebServer  # web -> status -> node: imported when used
+
+        self.web = WebServer(self.config, workers_alive=self._workers_alive)
+        try:
+            self.web.start()
+        except OSError as exc:
+            self.web = None
+            log_event(logger, "web.not_started", level=logging.ERROR, port=self.config.web.port,
+                      reason=exc.strerror or type(exc).__name__)
+
+    def _workers_alive(self) -> tuple[int, int]:
+        return sum(w.is_alive() for w in self.workers), self.config.processing.workers
 
     def _make_worker(self, name: str) -> Worker:
         return Worker(name, self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
@@ -212,6 +236,8 @@ class Node:
         self._stop.set()
 
     def shutdown(self) -> None:
+        if self.web is not None:
+            self.web.stop()
         self.scp.stop()
         self.sender.stop()
         for w in self.workers:

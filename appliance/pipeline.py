@@ -3,7 +3,7 @@
     files -> `read_series` -> SeriesInput (Volume + source description)
           -> `segment_volume` -> SegmentationResult (labels on the model grid)
           -> `mesh_result` -> one Mesh per segment (patient LPS mm)
-          -> `encode_results` -> ResultObject list (Surface Segmentation, SEG, optional STL/PLY)
+          -> `encode_results` -> ResultObject list (Surface Segmentation, SEG, rendered view, optional STL/PLY)
           -> `write_results` -> files under the job's result directory
 
 The worker (`appliance.worker`), `isonode process` and `isonode segment` all run these functions with
@@ -12,9 +12,10 @@ one `Runtime` (`appliance.runtime`), so what a test or the CLI measures is what 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from appliance.display import DISPLAY_CT_FILE, display_files, display_mesh_file
 from appliance.inference.bundle import Label, ModelBundle
 from appliance.inference.grid import grid_of
 from appliance.inference.segment import SegmentationResult, segment_array
 from appliance.meshing import MeshSettings, SegmentMeshes, mesh_segments
+from appliance.rendered_view import DEFAULT_VIEWS, VIEWS, RenderUnavailableError, render_views
 from appliance.runtime import Runtime
 from dicom_node.derived import (
     AlgorithmInfo,
@@ -38,6 +41,8 @@ from dicom_node.derived import (
     SourceSeries,
     part10_bytes,
 )
+from dicom_node.logfmt import log_event
+from dicom_node.secondary_capture import MULTIFRAME_TRUE_COLOR_SC_SOP_CLASS_UID, MultiFrameTrueColorSC
 from dicom_node.seg import SEGMENTATION_SOP_CLASS_UID, build_segmentation
 from dicom_node.spool import store_durably
 from dicom_node.surface_seg import SURFACE_SEGMENTATION_SOP_CLASS_UID, SurfaceSegmentation
@@ -45,6 +50,8 @@ from dicom_node.volume import MAX_VOLUME_VOXELS, DecodedLookup, Volume, assemble
 from kernels import label_counts
 from kernels.mesh import Mesh
 from kernels.mesh_io import ply_bytes, stl_bytes
+
+log = logging.getLogger(__name__)
 
 # Result series numbers: far above what scanners use, preview before full in a viewer's series list.
 RESULT_SERIES_NUMBER = {"preview": 9901, "full": 9902}
@@ -127,6 +134,7 @@ class OutputPlan:
     experimental_segments: bool = False
     seg: bool = True
     mesh_files: tuple[str, ...] = ()
+    rendered_view: bool = False  # a rendered 3D view (Secondary Capture) in the result series
 
 
 def output_labels(bundle: ModelBundle, experimental: bool) -> list[Label]:
@@ -187,7 +195,8 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
                    plan: OutputPlan, bundle: ModelBundle, series: ResultSeries, *,
                    equipment: Equipment | None = None) -> tuple[list[ResultObject], dict[str, float]]:
     """The result series' objects: Surface Segmentation of every meshed segment, a binary SEG of the same
-    segments on the CT grid, STL/PLY per segment where asked; and the seconds each took."""
+    segments on the CT grid, a rendered view (Secondary Capture) and STL/PLY per segment where the plan
+    asks; and the seconds each took."""
     equipment = equipment or Equipment()
     algorithm = AlgorithmInfo(bundle.manifest.name, bundle.manifest.version)
     labels = output_labels(bundle, plan.experimental_segments)
@@ -222,11 +231,41 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
             objects.append(ResultObject("seg.dcm", part10_bytes(seg_ds), SEGMENTATION_SOP_CLASS_UID,
                                         str(seg_ds.SOPInstanceUID)))
         timings["seg_s"] = time.perf_counter() - t
+    if plan.rendered_view:
+        t = time.perf_counter()
+        view = rendered_view_object(series_input.source, meshes, segments, plan.mode, algorithm,
+                                    replace(series, instance_number=3), equipment)
+        if view is not None:
+            objects.append(view)
+        timings["rendered_view_s"] = time.perf_counter() - t
     for kind in plan.mesh_files:
         encode = stl_bytes if kind == "stl" else ply_bytes
         for s in segments:
             objects.append(ResultObject(f"{s.number:02d}_{s.tracking_id}.{kind}", encode(meshes[s.label_value])))
     return objects, timings
+
+
+def rendered_view_object(source: SourceSeries, meshes: dict[int, Mesh], segments: Sequence[SegmentInfo],
+                         mode: str, algorithm: AlgorithmInfo, series: ResultSeries,
+                         equipment: Equipment) -> ResultObject | None:
+    """The segments rendered from the fixed views as a Multi-frame True Color Secondary Capture, which any
+    PACS viewer shows. None where this machine has no offscreen OpenGL: logged, and the Surface
+    Segmentation and SEG still go out (a missing Mesa library must not hold back a result)."""
+    notice = ("PREVIEW - not for diagnosis alone" if mode == "preview"
+              else "3D segmentation - check against the CT images")
+    try:
+        frames = render_views(meshes, segments, notice=notice, caption=f"{algorithm.name} {algorithm.version}")
+    except RenderUnavailableError as exc:
+        log_event(log, "rendered_view.unavailable", level=logging.WARNING, reason=str(exc))
+        return None
+    labels = [VIEWS[v].label for v in DEFAULT_VIEWS]
+    sc = MultiFrameTrueColorSC(
+        source, series, frames, labels, equipment, image_comments=notice,
+        derivation_description=(
+            f"Surface rendering of the segments of this series' Surface Segmentation ({mode}, {algorithm.name} "
+            f"{algorithm.version}); views {', '.join(labels)}; parallel projection, patient orientation "
+            "letters, segment names and notice burned in")[:1024])
+    return ResultObject("view.dcm", part10_bytes(sc), MULTIFRAME_TRUE_COLOR_SC_SOP_CLASS_UID, str(sc.SOPInstanceUID))
 
 
 def write_results(out_dir: Path, objects: Sequence[ResultObject], *, fsync: bool = True,
@@ -252,32 +291,57 @@ class PipelineOutput:
     segments: dict[str, dict[str, float]]  # class name -> {triangles, volume_ml}
     timings: dict[str, float] = field(default_factory=dict)
     backends: dict[str, str] = field(default_factory=dict)
+    display: dict = field(default_factory=dict)
 
     def record(self) -> dict:
         return {"volume": asdict(self.volume), "result_series": self.series_instance_uid,
                 "segments": self.segments, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-                "backends": self.backends}
+                "backends": self.backends, "display": self.display}
+
+
+def display_record(bundle: ModelBundle, labels: Sequence[Label], shown: Sequence[SegmentInfo]) -> dict:
+    """What the bedside page needs to draw a result without the bundle: files, names, colours, model."""
+    experimental = {lab.value for lab in labels if lab.experimental}
+    return {"model": {"name": bundle.manifest.name, "version": bundle.manifest.version},
+            "ct": DISPLAY_CT_FILE,
+            "segments": [{"number": s.number, "name": s.tracking_id, "label": s.label, "color": list(s.color_rgb),
+                          "experimental": s.label_value in experimental, "mesh": display_mesh_file(s.number)}
+                         for s in shown]}
+
+
+def _no_stage_report(name: str) -> None:
+    return None
 
 
 def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan,
-                 decoded: DecodedLookup | None = None, *, max_voxels: int = MAX_VOLUME_VOXELS) -> PipelineOutput:
-    """Every stage on one series: read, segment, mesh, encode. Writing and delivery are the caller's."""
+                 decoded: DecodedLookup | None = None, *, max_voxels: int = MAX_VOLUME_VOXELS,
+                 on_stage: Callable[[str], None] = _no_stage_report) -> PipelineOutput:
+    """Every stage on one series: read, segment, mesh, encode. Writing and delivery are the caller's.
+    `on_stage(name)` is called as each stage starts (the worker shows progress with it)."""
     timings: dict[str, float] = {}
+    on_stage("read")
     t = time.perf_counter()
     series_input = read_series(files, decoded, max_voxels=max_voxels)
     timings["read_s"] = time.perf_counter() - t
+    on_stage("segment")
     t = time.perf_counter()
     result = segment_volume(series_input.volume, runtime, plan.mode)
     timings["segment_s"] = time.perf_counter() - t
     timings.update({f"segment.{k}": v for k, v in result.timings.items()})
+    on_stage("mesh")
     t = time.perf_counter()
     labels = output_labels(runtime.bundle, plan.experimental_segments)
     meshed = mesh_result(result, labels, plan.mesh, runtime)
     timings["mesh_s"] = time.perf_counter() - t
     timings.update({f"mesh.{k}": v for k, v in meshed.timings.items()})
+    on_stage("encode")
     t = time.perf_counter()
     series = result_series(runtime.bundle, plan.mode)
     objects, enc_timings = encode_results(series_input, result, meshed.meshes, plan, runtime.bundle, series)
+    t_display = time.perf_counter()
+    shown = segment_infos(labels, set(meshed.meshes))
+    objects += [ResultObject(f.filename, f.data) for f in display_files(series_input.volume, shown, meshed.meshes)]
+    enc_timings["display_s"] = time.perf_counter() - t_display
     timings["encode_s"] = time.perf_counter() - t
     timings.update({f"encode.{k}": v for k, v in enc_timings.items()})
     voxel_ml = abs(float(np.linalg.det(result.affine[:3, :3]))) / MM3_PER_ML
@@ -285,6 +349,6 @@ def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan,
     segments = {lab.name: {"triangles": len(meshed.meshes[lab.value].triangles),
                            "volume_ml": round(float(counts[lab.value]) * voxel_ml, 1)}
                 for lab in labels if lab.value in meshed.meshes}
-    series_uid = series.series_instance_uid if objects else None
+    series_uid = series.series_instance_uid if any(o.is_dicom for o in objects) else None
     return PipelineOutput(objects, summarize_volume(series_input.volume), series_uid, segments, timings,
-                          runtime.describe_mode(plan.mode))
+                          runtime.describe_mode(plan.mode), display_record(runtime.bundle, labels, shown))

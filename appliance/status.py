@@ -35,13 +35,13 @@ def collect_status(config: AppConfig) -> dict[str, Any]:
                 for j in jobs.list(state="failed", limit=20)
             ],
             "outbox": {"states": outbox.counts(), "destinations": outbox.counts_by_destination()},
-            "runtime": _runtime(config),
+            "runtime": runtime_record(config),
         }
     finally:
         db.close()
 
 
-def _runtime(config: AppConfig) -> dict[str, Any] | None:
+def runtime_record(config: AppConfig) -> dict[str, Any] | None:
     """What the node chose at its last start (written by `isonode serve`); None before the first start."""
     try:
         return json.loads((config.data_dir / RUNTIME_FILE).read_text())

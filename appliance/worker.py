@@ -22,6 +22,7 @@ from dicom_node.catalog import Catalog, CatalogEntry
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.pixels import PixelDecodeError
+from dicom_node.secondary_capture import SecondaryCaptureError
 from dicom_node.seg import SegError
 from dicom_node.surface_seg import SurfaceSegmentationError
 from dicom_node.volume import DecodedLookup, VolumeError
@@ -30,8 +31,40 @@ logger = logging.getLogger(__name__)
 
 # Input problems: retrying cannot help, the job fails at once with the reason (a writer refusing what the
 # pipeline made from this series would refuse it again).
-PERMANENT_ERRORS = (VolumeError, PixelDecodeError, SegError, SurfaceSegmentationError)
+PERMANENT_ERRORS = (VolumeError, PixelDecodeError, SegError, SurfaceSegmentationError, SecondaryCaptureError)
 PRIORITY = {"preview": 0, "full": 1}  # outbox order: a preview never waits behind a full result
+
+
+class StageClock:
+    """Times the pipeline's stages as they start and records them with the job, so the bedside page shows
+    per-stage progress. Progress is a display: a failed report is logged and the job goes on."""
+
+    def __init__(self, report: Callable[[list[dict]], None]) -> None:
+        self._report = report
+        self.stages: list[dict] = []
+        self._t0 = 0.0
+
+    def _close_last(self) -> None:
+        if self.stages and self.stages[-1]["seconds"] is None:
+            self.stages[-1]["seconds"] = round(time.perf_counter() - self._t0, 3)
+
+    def _send(self) -> None:
+        try:
+            self._report(self.stages)
+        except LeaseLostError:
+            raise
+        except Exception:
+            logger.exception("job.progress_not_recorded")
+
+    def start(self, name: str) -> None:
+        self._close_last()
+        self._t0 = time.perf_counter()
+        self.stages.append({"name": name, "started_at": time.time(), "seconds": None})
+        self._send()
+
+    def finish(self) -> None:
+        self._close_last()
+        self._send()
 
 
 def output_plan(config: AppConfig, mode: str, route: Route | None) -> OutputPlan:
@@ -42,6 +75,8 @@ def output_plan(config: AppConfig, mode: str, route: Route | None) -> OutputPlan
         experimental_segments=bool(route and route.experimental_segments),
         seg=config.output.seg,
         mesh_files=tuple(config.output.mesh_files),
+        rendered_view=mode in (config.output.rendered_view if route is None or route.rendered_view is None
+                               else route.rendered_view),
     )
 
 
@@ -113,18 +148,25 @@ class Worker(threading.Thread):
         renewer = threading.Thread(target=self._renew_until, args=(job, done), daemon=True)
         renewer.start()
         t0 = time.perf_counter()
+        clock = StageClock(lambda stages: self.jobs.report_stages(job.id, self.owner, stages))
         try:
             files = [self.spool_root / rel
                      for rel in self.index.series_files(job.series_uid, up_to_version=job.series_version)]
             sv = self.index.version(job.series_uid, job.series_version)
             route = self.router.route(sv) if sv is not None else None
             output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route), self.decoded,
-                                  max_voxels=self.config.processing.max_volume_voxels)
+                                  max_voxels=self.config.processing.max_volume_voxels, on_stage=clock.start)
+            clock.start("write")
             t = time.perf_counter()
             out_dir = self.results_dir / job.series_uid / f"v{job.series_version}-{job.mode}"
             write_results(out_dir, output.objects, fsync=self.config.storage.fsync, replace=True)
             output.timings["write_s"] = time.perf_counter() - t
             output.timings["total_s"] = time.perf_counter() - t0
+            clock.finish()
+        except LeaseLostError:
+            done.set()
+            log_event(logger, "job.lease_lost", level=logging.ERROR, job=job.id)
+            return
         except PERMANENT_ERRORS as exc:
             done.set()
             self._record_failure(job, f"{type(exc).__name__}: {exc}", retryable=False)

@@ -40,3 +40,18 @@ def ply_bytes(mesh: Mesh, comment: str = "isonode surface, LPS mm") -> bytes:
     faces = np.zeros(len(mesh.triangles), dtype=[("n", "u1"), ("i", "<u4", 3)])
     faces["n"], faces["i"] = 3, mesh.triangles
     return head.encode("ascii") + np.hstack(cols).astype("<f4").tobytes() + faces.tobytes()
+
+
+MZ3_MAGIC = 23117  # "MZ" little-endian
+MZ3_FACES, MZ3_VERTICES = 1, 2
+
+
+def mz3_bytes(mesh: Mesh, transform: np.ndarray | None = None) -> bytes:
+    """Uncompressed MZ3 (NiiVue's own mesh format): indexed triangles, so a third of STL's size, and read
+    without parsing text. `transform` (4x4) maps the vertices first, e.g. LPS -> RAS for NIfTI viewers."""
+    v = mesh.vertices.astype(np.float64)
+    if transform is not None:
+        v = v @ transform[:3, :3].T + transform[:3, 3]
+    head = np.array([MZ3_MAGIC, MZ3_FACES | MZ3_VERTICES], "<u2").tobytes()
+    head += np.array([len(mesh.triangles), len(v), 0], "<u4").tobytes()
+    return head + mesh.triangles.astype("<i4").tobytes() + v.astype("<f4").tobytes()

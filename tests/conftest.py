@@ -112,6 +112,13 @@ class NodeProcess:
         )
         return json.loads(out.stdout)
 
+    def run_cli(self, *args: str) -> str:
+        """`isonode ARGS --config ... --data-dir ...` against this node's data; its stdout."""
+        out = subprocess.run([sys.executable, "-m", "appliance.cli", *args, "--config", str(self.config_path),
+                              "--data-dir", str(self.data_dir)], cwd=REPO, capture_output=True, text=True,
+                             check=True)
+        return out.stdout
+
     def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition", poll: float = 0.25) -> dict:
         deadline = time.monotonic() + timeout
         status = self.status()
@@ -136,6 +143,9 @@ processing:
   retry_backoff_s: 0.2
 logging:
   level: INFO
+web:
+  enabled: {web_enabled}
+  port: {web_port}
 """
 # Most node tests need one processing job per series version, and the fast one: the preview.
 PREVIEW_ONLY_ROUTING = """
@@ -146,10 +156,13 @@ routing:
 
 
 def write_node_config(path: Path, *, completion_timeout_s: float = 1.0, min_free_mb: int = 64, extra: str = "",
-                      routing: str = PREVIEW_ONLY_ROUTING, complete_on_release: bool = True) -> Path:
-    """The test node's config; `routing=""` gives the product's default (preview then full for CT)."""
+                      routing: str = PREVIEW_ONLY_ROUTING, complete_on_release: bool = True,
+                      web_port: int | None = None) -> Path:
+    """The test node's config; `routing=""` gives the product's default (preview then full for CT); the
+    web page only where a test asks for it (`web_port`), so parallel nodes never compete for its port."""
     path.write_text(NODE_TEST_CONFIG.format(completion_timeout_s=completion_timeout_s, min_free_mb=min_free_mb,
-                                            complete_on_release=str(complete_on_release).lower())
+                                            complete_on_release=str(complete_on_release).lower(),
+                                            web_enabled=str(web_port is not None).lower(), web_port=web_port or 8080)
                     + routing + extra)
     return path
 

@@ -1,7 +1,8 @@
 """End to end with real parts: Orthanc (Debian's) is the PACS, `isonode serve` the node, DCMTK the scanner.
 
 A real CT series goes to the node; on its own the node returns a preview and a full result, each as a
-Surface Segmentation and a SEG, which Orthanc stores; the test reads them back from Orthanc's REST API.
+Surface Segmentation and a SEG, the preview also with a rendered view (Secondary Capture), which Orthanc
+stores; the test reads them back from Orthanc's REST API.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dicom_node.volume import assemble_volume
 
 SURFACE_SEG = "1.2.840.10008.5.1.4.1.1.66.5"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+VIEW = "1.2.840.10008.5.1.4.1.1.7.4"  # Multi-frame True Color Secondary Capture
 CASE = "crlm_ct_1004_ge_abdomen"  # 41 slices, 5 mm, lung bases over the liver
 LUNG_CODES = {"44029006": "Left lung", "3341006": "Right lung"}
 
@@ -98,11 +100,19 @@ def test_orthanc_pushes_a_real_ct_series_and_gets_preview_and_full_surfaces_and_
                 assert all(100.0 < ml < 2500.0 for ml in lungs.values()), lungs
     assert any(d.startswith("PREVIEW") for d in descriptions) and any(d.startswith("FULL") for d in descriptions)
     assert all("isonode-ct-chest" in d for d in descriptions)
+    # the rendered view goes out with the preview only (output.rendered_view defaults to [preview])
+    (view_id,) = orthanc.instances_by_class().get(VIEW, [])
+    view_path = tmp_path / "view.dcm"
+    view_path.write_bytes(orthanc.get_bytes(f"/instances/{view_id}/file"))
+    assert dciodvfy_errors(view_path) == []
+    view = pydicom.dcmread(view_path)
+    assert view.SeriesDescription.startswith("PREVIEW") and view.StudyInstanceUID == source.study_instance_uid
+    assert int(view.NumberOfFrames) == 4 and view.pixel_array.shape == (4, 512, 512, 3)
 
     # the preview was handed to the outbox, and reached Orthanc, before the full result
     outbox = Outbox(Database(node.data_dir / "isonode.db"), node.data_dir / "results")
     delivered = sorted(outbox.list(state="done"), key=lambda d: d.delivered_at)
-    assert [d.priority for d in delivered][:2] == [0, 0] and delivered[-1].priority == 1
+    assert [d.priority for d in delivered][:3] == [0, 0, 0] and delivered[-1].priority == 1
     done = {e["mode"]: e for e in node.log_events("job.done")}
     assert set(done) == {"preview", "full"}
     for event in done.values():
@@ -116,14 +126,14 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_it_is_up(node_facto
     node = node_factory(extra=_destination("ORTHANC", orthanc_port)).start()
     assert storescu(node.port, *_series_files()).returncode == 0
     node.wait_for(lambda s: s["jobs"]["done"] == 1, timeout=120, what="the preview job")
-    status = node.wait_for(lambda s: s["outbox"]["states"]["pending"] == 2, what="deliveries waiting")
+    status = node.wait_for(lambda s: s["outbox"]["states"]["pending"] == 3, what="deliveries waiting")
     assert status["outbox"]["states"]["done"] == 0
     node.wait_for(lambda s: "outbox.retry" in node.log_text(), what="a failed delivery attempt")
 
     orthanc = orthanc_factory(dicom_port=orthanc_port).start()
     _wait(lambda: len(_results_in(orthanc)[SURFACE_SEG]) == 1 and len(_results_in(orthanc)[SEG]) == 1,
           timeout=60, what="results delivered after Orthanc came up")
-    assert node.wait_for(lambda s: s["outbox"]["states"]["done"] == 2, what="deliveries done")
+    assert node.wait_for(lambda s: s["outbox"]["states"]["done"] == 3, what="deliveries done")
 
 
 class _SlowScp:
@@ -164,10 +174,10 @@ def test_kill9_during_processing_and_during_delivery_loses_no_result(node_factor
         assert pacs.first_request.wait(120), "no delivery started"
         node.kill9()  # during delivery: the PACS holds the request, the node has no answer yet
         node.start()
-        status = node.wait_for(lambda s: s["outbox"]["states"]["done"] == 2, timeout=120, what="deliveries done")
+        status = node.wait_for(lambda s: s["outbox"]["states"]["done"] == 3, timeout=120, what="deliveries done")
         assert status["jobs"]["done"] == 1 and status["jobs"]["failed"] == 0
         # at least once: the object interrupted mid-delivery may arrive twice, none is missing
-        assert len(pacs.received) == 2 and all(n >= 1 for n in pacs.received.values())
-        assert np.sum(list(pacs.received.values())) <= 3
+        assert len(pacs.received) == 3 and all(n >= 1 for n in pacs.received.values())  # surfaces, SEG, view
+        assert np.sum(list(pacs.received.values())) <= 4
     finally:
         pacs.stop()

@@ -13,7 +13,7 @@ from dicom_node.surface_seg import read_surface_segmentation
 from kernels.mesh_io import ply_bytes, stl_bytes
 
 
-def test_process_writes_surface_segmentation_seg_and_mesh_files_that_pass_dciodvfy(tmp_path):
+def test_process_writes_surface_segmentation_seg_view_and_mesh_files_that_pass_dciodvfy(tmp_path):
     series = shared_case("crlm_ct_1004_ge_abdomen") / "ct_dicom"
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "appliance.cli", "process", str(series), "--mode", "preview",
@@ -22,7 +22,9 @@ def test_process_writes_surface_segmentation_seg_and_mesh_files_that_pass_dciodv
     assert "segment_s" in run.stdout and re.search(r"^backend (ort-cpu|openvino)-(fp32|bf16|int8) ", run.stdout, re.M)
     dicom = sorted(out.glob("*.dcm"))
     classes = {pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID: p for p in dicom}
-    assert set(classes) == {"1.2.840.10008.5.1.4.1.1.66.5", "1.2.840.10008.5.1.4.1.1.66.4"}
+    # a preview also holds the rendered view (Multi-frame True Color Secondary Capture) by default
+    assert set(classes) == {"1.2.840.10008.5.1.4.1.1.66.5", "1.2.840.10008.5.1.4.1.1.66.4",
+                            "1.2.840.10008.5.1.4.1.1.7.4"}
     for p in dicom:
         assert dciodvfy_errors(p) == [], p
     surfaces = read_surface_segmentation(classes["1.2.840.10008.5.1.4.1.1.66.5"])
@@ -46,13 +48,13 @@ def test_process_refuses_a_folder_without_a_series_with_a_clear_message(tmp_path
 
 def test_a_gantry_tilted_deidentified_series_gives_objects_that_pass_dciodvfy(tmp_path):
     """The GE head series is tilted (resampled: the SEG lies on the node's regular grid) and says its
-    identity was removed without naming the method, which both objects must still get right."""
+    identity was removed without naming the method, which every object must still get right."""
     series = shared_case("dcmqa_ge_head_gantry_tilt") / "ct_dicom"
     run = subprocess.run([sys.executable, "-m", "appliance.cli", "process", str(series), "--mode", "preview",
                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     dicom = sorted(tmp_path.glob("*.dcm"))
-    assert [p.name for p in dicom] == ["seg.dcm", "surfaces.dcm"]
+    assert [p.name for p in dicom] == ["seg.dcm", "surfaces.dcm", "view.dcm"]
     for p in dicom:
         assert dciodvfy_errors(p) == [], p
         assert pydicom.dcmread(p, stop_before_pixels=True).DeidentificationMethod

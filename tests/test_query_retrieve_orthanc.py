@@ -2,7 +2,8 @@
 retrieves (C-MOVE to itself) from `isonode serve`; DCMTK stores into the node and queries it.
 
 The node answers from its catalog, which holds both what it received (the spool) and its own results
-(the preview / full series: a Surface Segmentation and a SEG, Modality SEG). A C-MOVE goes only to a
+(the preview / full series: a Surface Segmentation, a SEG and, in the preview, a rendered view as
+Secondary Capture, all Modality SEG). A C-MOVE goes only to a
 destination in the node's config, looked up by AE title.
 """
 
@@ -19,6 +20,7 @@ from conftest import NODE_AE, free_port, require_tool, shared_case, store_respon
 
 SURFACE_SEG = "1.2.840.10008.5.1.4.1.1.66.5"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+VIEW = "1.2.840.10008.5.1.4.1.1.7.4"  # Multi-frame True Color Secondary Capture
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 CASE = "dcmqa_ge_head_gantry_tilt"  # 28 slices, Explicit VR LE, no Series Description
 N_SLICES = 28
@@ -100,13 +102,13 @@ def test_orthanc_finds_and_retrieves_a_result_series_from_the_node(node_factory,
     assert done["destinations"] == [] and done["mode"] == "preview"
     result_series = done["result_series"]
     result_files = sorted((node.data_dir / "results").rglob("*.dcm"))
-    assert len(result_files) == 2, result_files
+    assert len(result_files) == 3, result_files
     on_node = {}
     for path in result_files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert ds.SeriesInstanceUID == result_series and ds.StudyInstanceUID == ct.StudyInstanceUID
         on_node[str(ds.SOPInstanceUID)] = (str(ds.SOPClassUID), path)
-    assert sorted(c for c, _ in on_node.values()) == [SEG, SURFACE_SEG]
+    assert sorted(c for c, _ in on_node.values()) == sorted([SEG, SURFACE_SEG, VIEW])
 
     query_id, answers = _query(orthanc, "Series", {
         "StudyInstanceUID": ct.StudyInstanceUID, "Modality": "SEG", "SeriesDescription": "PREVIEW*",
@@ -116,7 +118,7 @@ def test_orthanc_finds_and_retrieves_a_result_series_from_the_node(node_factory,
     assert answer["StudyInstanceUID"] == ct.StudyInstanceUID
     assert answer["Modality"] == "SEG"
     assert answer["SeriesDescription"].startswith("PREVIEW")
-    assert answer["NumberOfSeriesRelatedInstances"] == "2"
+    assert answer["NumberOfSeriesRelatedInstances"] == "3"
     assert answer["RetrieveAETitle"] == NODE_AE
     # the same study has no full result (the rule asks for the preview only), and the CT is no SEG
     assert _query(orthanc, "Series", {"StudyInstanceUID": ct.StudyInstanceUID, "Modality": "SEG",
@@ -126,14 +128,14 @@ def test_orthanc_finds_and_retrieves_a_result_series_from_the_node(node_factory,
     assert moved["RemoteAet"] == NODE_AE and moved["LocalAet"] == "ORTHANC"
     in_orthanc = _instances_of_series(orthanc, result_series)
     assert set(in_orthanc) == set(on_node)
-    assert len(orthanc.get("/instances")) == 2  # the result series only, not the CT
+    assert len(orthanc.get("/instances")) == 3  # the result series only, not the CT
     for uid, (sop_class, path) in on_node.items():
         assert in_orthanc[uid]["SOPClassUID"] == sop_class
         assert in_orthanc[uid]["Modality"] == "SEG"
         sent = orthanc.get_bytes(f"/instances/{in_orthanc[uid]['_id']}/file")
         assert _dataset_bytes(sent) == _dataset_bytes(path.read_bytes()), f"{path.name} changed on the way"
     (move_done,) = node.log_events("move.done")
-    assert move_done["instances"] == 2 and move_done["not_sent"] == 0 and move_done["calling_ae"] == "ORTHANC"
+    assert move_done["instances"] == 3 and move_done["not_sent"] == 0 and move_done["calling_ae"] == "ORTHANC"
 
     # at Study level, the study holds the CT and its result
     _, studies = _query(orthanc, "Study", {
@@ -142,7 +144,7 @@ def test_orthanc_finds_and_retrieves_a_result_series_from_the_node(node_factory,
     (study,) = studies
     assert sorted(study["ModalitiesInStudy"].split("\\")) == ["CT", "SEG"]
     assert study["NumberOfStudyRelatedSeries"] == "2"
-    assert study["NumberOfStudyRelatedInstances"] == str(N_SLICES + 2)
+    assert study["NumberOfStudyRelatedInstances"] == str(N_SLICES + 3)
     # and is found by the modality of its result
     _, by_seg = _query(orthanc, "Study", {"ModalitiesInStudy": "SEG", "PatientID": ""})
     assert [s["StudyInstanceUID"] for s in by_seg] == [ct.StudyInstanceUID]
