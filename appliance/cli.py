@@ -32,7 +32,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level)
     try:
         return serve(config)
-    except (DataDirLockedError, BundleError) as exc:
+    except (DataDirLockedError, BundleError, ConfigError) as exc:
         print(f"isonode: {exc}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:

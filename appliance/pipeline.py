@@ -340,7 +340,8 @@ def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan,
     objects, enc_timings = encode_results(series_input, result, meshed.meshes, plan, runtime.bundle, series)
     t_display = time.perf_counter()
     shown = segment_infos(labels, set(meshed.meshes))
-    objects += [ResultObject(f.filename, f.data) for f in display_files(series_input.volume, shown, meshed.meshes)]
+    shown_files = display_files(series_input.volume, shown, meshed.meshes, plan.mode)
+    objects += [ResultObject(f.filename, f.data) for f in shown_files]
     enc_timings["display_s"] = time.perf_counter() - t_display
     timings["encode_s"] = time.perf_counter() - t
     timings.update({f"encode.{k}": v for k, v in enc_timings.items()})

@@ -1,8 +1,9 @@
 """What every result object the node writes shares: the segments it describes, the algorithm that made
 them, the source series they derive from and the new series they belong to.
 
-The Surface Segmentation writer (`surface_seg`) and the SEG writer (`seg`) both take these, so one
-result series describes its segments, source and equipment the same way in every object it holds.
+The Surface Segmentation writer (`surface_seg`), the SEG writer (`seg`) and the Secondary Capture writer
+(`secondary_capture`) all take these, so one result series describes its segments, source and equipment the
+same way in every object it holds; `result_iod` checks them, once for all three writers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -39,23 +39,6 @@ class SegmentInfo:
     type: Code
     color_rgb: tuple[int, int, int]
     tracking_id: str = ""
-
-
-@cache
-def _dcm_meanings() -> dict[str, str]:
-    """Code value -> meaning of the DICOM (DCM) coding scheme, from pydicom's copy of PS3.16."""
-    from pydicom.sr.codedict import codes
-
-    return {c.value: c.meaning for c in codes.DCM.concepts.values()}
-
-
-def dcm_meaning_conflict(code: Code) -> str | None:
-    """PS3.16's meaning of a DCM code whose stated meaning differs from it, else None: a wrong value under
-    a plausible meaning passes every validator and misleads every reader, so both writers refuse it."""
-    if code.scheme != "DCM":
-        return None
-    known = _dcm_meanings().get(code.value)
-    return known if known is not None and known.casefold() != str(code.meaning).casefold() else None
 
 
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")  # CID 7162
@@ -158,32 +141,6 @@ def dicom_lab_to_srgb(lab: Sequence[int]) -> tuple[int, int, int]:
     c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     out = np.clip(np.rint(c * 255.0), 0, 255).astype(int)
     return int(out[0]), int(out[1]), int(out[2])
-
-
-DEIDENTIFIED_WITHOUT_METHOD = "Identity removed upstream; method not stated in the source"
-
-
-def header_to_copy(first: Dataset, type2_keywords: Sequence[str]) -> Dataset:
-    """The source header as a result object should copy Patient and Study from it: absent Type 2
-    attributes present and empty, and a de-identification method named where the source claims removed
-    identity without one (a Type 1C error in the result otherwise). A copy when anything changes, never
-    the caller's."""
-    from copy import deepcopy
-
-    missing = [kw for kw in type2_keywords if kw not in first]
-    no_method = (
-        str(first.get("PatientIdentityRemoved", "")).upper() == "YES"
-        and not first.get("DeidentificationMethod")
-        and not first.get("DeidentificationMethodCodeSequence")
-    )
-    if not missing and not no_method:
-        return first
-    header = deepcopy(first)
-    for kw in missing:
-        setattr(header, kw, "")
-    if no_method:
-        header.DeidentificationMethod = DEIDENTIFIED_WITHOUT_METHOD
-    return header
 
 
 def part10_bytes(ds: Dataset) -> bytes:

@@ -53,7 +53,6 @@ to build on two cores.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 import warnings
@@ -61,22 +60,13 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
-from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
-from dicom_node.derived import (
-    AlgorithmInfo,
-    Code,
-    Equipment,
-    ResultSeries,
-    SegmentInfo,
-    dcm_meaning_conflict,
-    header_to_copy,
-    srgb_to_dicom_lab,
-)
+from dicom_node.derived import AlgorithmInfo, Code, Equipment, ResultSeries, SegmentInfo, srgb_to_dicom_lab
+from dicom_node.result_iod import InputChecks, charset_encodes, header_to_copy
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +75,6 @@ SEGMENTATION_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 # Tracking UIDs are derived from (source series, tracking id), so the same structure of one source series
 # carries the same UID in every object made from it (SEG and Surface Segmentation, preview and full).
 _TRACKING_NAMESPACE = uuid.UUID("6f0c1f8e-3c2b-5a8e-9d1e-2b7a4c3d5e61")
-# Type 2 Patient / General Study attributes highdicom copies from the first source by attribute access
-# (it fails on an absent one; a SEG must carry them, empty if unknown).
-_TYPE2_COPIED = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
-_CS = re.compile(r"[A-Z0-9_ ]{1,16}")
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UNDESCRIBED = 255  # renumbering-table entry for a label value no segment describes
 # highdicom warns about single-component person names and quotes the name: keep it out of the logs
 _PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
@@ -107,6 +82,9 @@ _PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended per
 
 class SegError(ValueError):
     """Input refused, or no valid SEG can be made of it; the message names the argument or segment."""
+
+
+_check = InputChecks(SegError)
 
 
 def tracking_uid(source_series_uid: str, tracking_id: str) -> str:
@@ -143,11 +121,11 @@ def build_segmentation(
     grid = _check_affine(affine)
     sources = _check_sources(source_images)
     _check_segments(segments)
-    _check_algorithm(algorithm)
-    _check_equipment(equipment)
-    _check_series(series)
-    if sop_instance_uid is not None and not _is_uid(sop_instance_uid):
-        raise SegError("sop_instance_uid must be a UID (digits and dots, at most 64 characters)")
+    _check.algorithm(algorithm)
+    _check.equipment(equipment)
+    _check.series(series, str(sources[0].SeriesInstanceUID))
+    if sop_instance_uid is not None:
+        _check.uid(sop_instance_uid, "sop_instance_uid (SOP Instance UID)")
     pixels = _segment_pixels(labels, segments)
 
     plane_positions = plane_orientation = pixel_measures = None
@@ -163,7 +141,9 @@ def build_segmentation(
                 hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, geometry.positions[f])
                 for f in order
             ]
-    first = header_to_copy(sources[0], _TYPE2_COPIED)
+    # highdicom copies Patient and Study from the first source by attribute access (it fails on an absent
+    # Type 2 one; a SEG must carry them, empty if unknown)
+    first = header_to_copy(sources[0])
     descriptions = [_describe(s, algorithm, str(first.SeriesInstanceUID)) for s in segments]
     charset = _character_set(first, _texts(segments, algorithm, equipment, series))
     try:
@@ -206,10 +186,6 @@ def build_segmentation(
 
 
 # --- input checks ------------------------------------------------------------------------------------
-
-
-def _is_uid(value: object) -> bool:
-    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def _check_labels(labels: object) -> None:
@@ -287,81 +263,17 @@ def _check_sources(source_images: object) -> list[Dataset]:
     return sources
 
 
-def _check_text(value: object, what: str, max_len: int = 64, required: bool = True) -> None:
-    if not isinstance(value, str):
-        raise SegError(f"{what} must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise SegError(f"{what} must not be empty")
-    if len(value) > max_len or "\\" in value or any(ord(c) < 32 for c in value):
-        raise SegError(f"{what} must be at most {max_len} characters, without backslash or control characters")
-
-
-def _check_code(code: object, what: str) -> None:
-    """A well-formed code; a DCM code must also mean what PS3.16 says (a wrong value under a plausible
-    meaning passes every validator and misleads every reader)."""
-    if not isinstance(code, Code):
-        raise SegError(f"{what} must be a derived.Code, got {type(code).__name__}")
-    for part, limit in (("value", 64), ("scheme", 16), ("meaning", 64)):
-        _check_text(getattr(code, part), f"{what}.{part}", limit)
-    known = dcm_meaning_conflict(code)
-    if known is not None:
-        raise SegError(f"{what}: DCM code {code.value} means {known!r} (PS3.16), not {code.meaning!r}")
-
-
 def _check_segments(segments: object) -> None:
-    if isinstance(segments, str | bytes) or not isinstance(segments, Sequence) or not segments:
-        raise SegError("segments must be a non-empty sequence of SegmentInfo")
+    """The SegmentInfo checks every writer makes, and label values that a uint8 label map holds, one per
+    segment (the pixels are renumbered by a table of them)."""
     values: set[int] = set()
-    for i, s in enumerate(segments, start=1):
-        if not isinstance(s, SegmentInfo):
-            raise SegError(f"segments[{i - 1}] must be a SegmentInfo, got {type(s).__name__}")
-        if s.number != i:
-            raise SegError(f"segments must be numbered 1, 2, ... in order: segments[{i - 1}] is number {s.number}")
-        if not isinstance(s.label_value, int) or not 1 <= s.label_value <= 255:
-            raise SegError(f"segment {i}: label_value must be 1..255 (a uint8 label map), got {s.label_value!r}")
+    for s in _check.segments(segments):
+        if not 1 <= s.label_value <= 255:
+            raise SegError(f"segment {s.number} label_value must be 1..255 (a uint8 label map), got "
+                           f"{s.label_value!r}")
         if s.label_value in values:
-            raise SegError(f"segment {i}: label_value {s.label_value} belongs to another segment too")
+            raise SegError(f"segment {s.number} label_value {s.label_value} belongs to another segment too")
         values.add(s.label_value)
-        _check_text(s.label, f"segment {i} label")
-        _check_code(s.category, f"segment {i} category")
-        _check_code(s.type, f"segment {i} type")
-        rgb = s.color_rgb
-        if len(rgb) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb):
-            raise SegError(f"segment {i}: color_rgb must be three integers 0..255, got {rgb!r}")
-        _check_text(s.tracking_id, f"segment {i} tracking_id", required=False)
-
-
-def _check_algorithm(algorithm: object) -> None:
-    if not isinstance(algorithm, AlgorithmInfo):
-        raise SegError(f"algorithm must be an AlgorithmInfo, got {type(algorithm).__name__}")
-    _check_text(algorithm.name, "algorithm.name")
-    _check_text(algorithm.version, "algorithm.version")
-    _check_code(algorithm.family, "algorithm.family")
-
-
-def _check_equipment(equipment: object) -> None:
-    if not isinstance(equipment, Equipment):
-        raise SegError(f"equipment must be an Equipment, got {type(equipment).__name__}")
-    for kw in ("manufacturer", "model_name", "software_version", "device_serial_number"):
-        _check_text(getattr(equipment, kw), f"equipment.{kw}")
-
-
-def _check_series(series: object) -> None:
-    if not isinstance(series, ResultSeries):
-        raise SegError(f"series must be a ResultSeries, got {type(series).__name__}")
-    if not _is_uid(series.series_instance_uid):
-        raise SegError("series.series_instance_uid must be a UID (digits and dots, at most 64 characters)")
-    for kw in ("series_number", "instance_number"):
-        value = getattr(series, kw)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
-            raise SegError(f"series.{kw} must be a non-negative integer, got {value!r}")
-    _check_text(series.series_description, "series.series_description", required=False)
-    _check_text(series.content_description, "series.content_description", required=False)
-    if not isinstance(series.content_label, str) or not _CS.fullmatch(series.content_label):
-        raise SegError(
-            "series.content_label must be 1-16 upper-case letters, digits, underscores or spaces (CS), "
-            f"got {series.content_label!r}"
-        )
 
 
 def _segment_pixels(labels: np.ndarray, segments: Sequence[SegmentInfo]) -> np.ndarray:
@@ -575,19 +487,4 @@ def _texts(
 def _character_set(first: Dataset, texts: Sequence[str]) -> str | None:
     """None (keep the source's Specific Character Set) when it encodes every added text, else UTF-8
     (ISO_IR 192), which encodes anything, the copied patient data included (pydicom decoded it)."""
-    extra = [t for t in texts if not t.isascii()]
-    if not extra:
-        return None
-    charset = first.get("SpecificCharacterSet")
-    values = [charset] if isinstance(charset, str) else list(charset or [])
-    if len(values) == 1:
-        try:
-            codec = convert_encodings(values)[0]
-            for text in extra:
-                text.encode(codec)
-            return None
-        except (LookupError, UnicodeEncodeError):
-            pass
-    return "ISO_IR 192"
-
-
+    return None if charset_encodes(first.get("SpecificCharacterSet"), texts) else "ISO_IR 192"

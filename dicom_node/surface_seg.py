@@ -49,11 +49,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.charset import convert_encodings
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import RE_VALID_UID, generate_uid
+from pydicom.uid import generate_uid
 
+from dicom_node import result_iod
 from dicom_node.derived import (
     AlgorithmInfo,
     Code,
@@ -61,9 +61,7 @@ from dicom_node.derived import (
     ResultSeries,
     SegmentInfo,
     SourceSeries,
-    dcm_meaning_conflict,
     dicom_lab_to_srgb,
-    header_to_copy,
     srgb_to_dicom_lab,
 )
 from kernels.mesh import Mesh
@@ -73,40 +71,6 @@ log = logging.getLogger(__name__)
 
 SURFACE_SEGMENTATION_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.5"
 
-# Attributes copied from the source header when present (PS3.3 C.7.1.1, C.7.1.3, C.7.2.1, C.7.2.2,
-# C.7.2.3). The Type 2 ones are written empty when the source lacks them.
-PATIENT_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
-STUDY_TYPE2 = ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
-_COPIED = (
-    # Patient
-    "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID", "PatientBirthTime",
-    "OtherPatientIDsSequence", "OtherPatientNames", "EthnicGroup", "EthnicGroupCodeSequence",
-    "PatientComments", "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription",
-    "PatientBreedCodeSequence", "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole",
-    "ResponsibleOrganization", "QualityControlSubject", "PatientIdentityRemoved", "DeidentificationMethod",
-    "DeidentificationMethodCodeSequence", "ReferencedPatientSequence",
-    # Clinical Trial Subject
-    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID",
-    "ClinicalTrialSiteName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
-    "ClinicalTrialProtocolEthicsCommitteeName", "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
-    # General Study
-    "StudyDescription", "IssuerOfAccessionNumberSequence", "ReferringPhysicianIdentificationSequence",
-    "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence", "RequestingServiceCodeSequence",
-    "ReferencedStudySequence",
-    "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence",
-    # Patient Study
-    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
-    "PatientWeight", "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension",
-    "PatientSizeCodeSequence", "MedicalAlerts", "Allergies", "SmokingStatus", "PregnancyStatus",
-    "LastMenstrualDate", "PatientState", "Occupation", "AdditionalPatientHistory", "AdmissionID",
-    "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "ServiceEpisodeDescription",
-    "IssuerOfServiceEpisodeIDSequence", "PatientSexNeutered", "ReasonForVisit", "ReasonForVisitCodeSequence",
-    # Clinical Trial Study
-    "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription", "ConsentForClinicalTrialUseSequence",
-)
-
-_CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")
 _UINT32_MAX = 0xFFFFFFFF
 _MAX_VALUE_BYTES = 0xFFFFFFFE  # largest even 32-bit value length
 _LABEL_VALUE = re.compile(r"label value (\d+)")
@@ -114,6 +78,10 @@ _LABEL_VALUE = re.compile(r"label value (\d+)")
 
 class SurfaceSegmentationError(ValueError):
     """Bad input or a malformed object; the message names the attribute or segment at fault."""
+
+
+_check = result_iod.InputChecks(SurfaceSegmentationError)
+_fail = _check.fail
 
 
 @dataclass(frozen=True)
@@ -156,54 +124,6 @@ def mesh_flags(mesh: Mesh) -> MeshFlags:
 
 
 # ---------------------------------------------------------------------------------------------- writer
-
-
-def _fail(message: str) -> SurfaceSegmentationError:
-    return SurfaceSegmentationError(message)
-
-
-def _uid(value: object, attr: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not RE_VALID_UID.match(value):
-        raise _fail(f"{attr} is missing or not a valid UID")
-    return value
-
-
-def _text(value: object, attr: str, max_len: int, *, required: bool = True) -> str:
-    """A LO/SH/CS-style single value: a string, no backslash or control characters, within its VR length."""
-    if not isinstance(value, str):
-        raise _fail(f"{attr} must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise _fail(f"{attr} is empty (Type 1)")
-    if len(value) > max_len:
-        raise _fail(f"{attr} is {len(value)} characters long, more than {max_len}")
-    if "\\" in value or any(ord(ch) < 32 for ch in value):
-        raise _fail(f"{attr} contains a backslash or a control character")
-    return value
-
-
-def _code_item(code: Code, attr: str) -> Dataset:
-    """Code Sequence Macro item; values over 16 characters go to Long Code Value, URNs to URN Code Value.
-
-    DCM codes must mean what PS3.16 says they mean: a wrong value under a plausible meaning is the kind of
-    error no validator catches and every reader believes."""
-    if not isinstance(code, Code):
-        raise _fail(f"{attr} must be a Code, got {type(code).__name__}")
-    known = dcm_meaning_conflict(code)
-    if known is not None:
-        raise _fail(f"{attr}: DCM code {code.value} means {known!r} (PS3.16), not {code.meaning!r}")
-    item = Dataset()
-    value = code.value
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(f"{attr} code value is empty")
-    if value.startswith(("urn:", "http://", "https://")):
-        item.URNCodeValue = value
-    elif len(value) > 16:
-        item.LongCodeValue = _text(value, f"{attr} code value", 64)
-    else:
-        item.CodeValue = _text(value, f"{attr} code value", 16)
-    item.CodingSchemeDesignator = _text(code.scheme, f"{attr} coding scheme designator", 16)
-    item.CodeMeaning = _text(code.meaning, f"{attr} code meaning", 64)
-    return item
 
 
 def _check_mesh(mesh: Mesh, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -253,57 +173,20 @@ def _check_segments(surfaces: Sequence[tuple[SegmentInfo, Mesh]]) -> None:
     if isinstance(surfaces, (str, bytes)) or not isinstance(surfaces, Sequence) or len(surfaces) == 0:
         raise _fail("surfaces: at least one (SegmentInfo, Mesh) pair is required "
                     "(Segment Sequence is Type 1)")
-    for i, pair in enumerate(surfaces, start=1):
+    for i, pair in enumerate(surfaces):
         if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], SegmentInfo):
-            raise _fail(f"surfaces[{i - 1}] must be a (SegmentInfo, Mesh) pair")
-        seg = pair[0]
-        if isinstance(seg.number, bool) or not isinstance(seg.number, int) or seg.number != i:
-            raise _fail(f"Segment Number of surfaces[{i - 1}] is {seg.number!r}: segment numbers must be "
-                        "1, 2, ... n in order")
-        if isinstance(seg.label_value, bool) or not isinstance(seg.label_value, int) or seg.label_value < 0:
-            raise _fail(f"segment {i}: label_value must be a non-negative integer, got {seg.label_value!r}")
-        rgb = seg.color_rgb
-        if (not isinstance(rgb, (tuple, list)) or len(rgb) != 3
-                or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 255
-                       for c in rgb)):
-            raise _fail(f"segment {i}: color_rgb must be three integers 0-255 (Recommended Display CIELab "
-                        f"Value), got {rgb!r}")
-        if not isinstance(seg.tracking_id, str):
-            raise _fail(f"segment {i}: tracking_id must be a string")
+            raise _fail(f"surfaces[{i}] must be a (SegmentInfo, Mesh) pair")
+    _check.segments([seg for seg, _ in surfaces], "surfaces")
 
 
-def _check_source(source: SourceSeries) -> None:
-    if not isinstance(source, SourceSeries):
-        raise _fail(f"source must be a SourceSeries, got {type(source).__name__}")
-    _uid(source.study_instance_uid, "source.study_instance_uid (Study Instance UID)")
-    _uid(source.series_instance_uid, "source.series_instance_uid (Series Instance UID)")
-    _uid(source.frame_of_reference_uid, "source.frame_of_reference_uid (Frame of Reference UID)")
-    if not isinstance(source.header, Dataset):
-        raise _fail("source.header must be a pydicom Dataset")
-    header_study = source.header.get("StudyInstanceUID")
-    if header_study and str(header_study) != source.study_instance_uid:
-        raise _fail("source.study_instance_uid differs from Study Instance UID in source.header")
-    if not source.instances:
-        raise _fail("source.instances is empty: Referenced Instance Sequence and Segment Surface Source "
-                    "Instance Sequence need the source instances")
-    for k, ref in enumerate(source.instances):
-        _uid(getattr(ref, "sop_class_uid", None),
-             f"source.instances[{k}].sop_class_uid (Referenced SOP Class UID)")
-        _uid(getattr(ref, "sop_instance_uid", None),
-             f"source.instances[{k}].sop_instance_uid (Referenced SOP Instance UID)")
-        frame = ref.frame_number
-        if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 1):
-            raise _fail(f"source.instances[{k}].frame_number must be None or an integer >= 1, got {frame!r}")
-
-
-def _copy_from(header: Dataset, target: Dataset, keyword: str, *, type2: bool) -> None:
-    tag = tag_for_keyword(keyword)
-    if tag is None:  # not in this pydicom's dictionary
-        return
-    if tag in header:
-        target.add(deepcopy(header[tag]))
-    elif type2:
-        setattr(target, keyword, None)
+def _check_processing(proc: object, what: str) -> None:
+    if not isinstance(proc, SurfaceProcessing):
+        raise _fail(f"{what}: processing must be a SurfaceProcessing")
+    ratio = proc.ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not np.isfinite(ratio) or ratio <= 0:
+        raise _fail(f"{what}: Surface Processing Ratio must be a positive number, got {ratio!r}")
+    _check.text(proc.description, f"{what} Surface Processing Description", 1024, required=False)
+    _check.algorithm(proc.algorithm, f"{what} processing.algorithm")
 
 
 class SurfaceSegmentation(Dataset):
@@ -329,46 +212,29 @@ class SurfaceSegmentation(Dataset):
         processing: Mapping[int, SurfaceProcessing] | None = None,
     ) -> None:
         super().__init__()
-        _check_source(source)
+        _check.source(source, frame_of_reference=True)
         _check_segments(surfaces)
-        if not isinstance(series, ResultSeries):
-            raise _fail(f"series must be a ResultSeries, got {type(series).__name__}")
-        if not isinstance(algorithm, AlgorithmInfo):
-            raise _fail(f"algorithm must be an AlgorithmInfo, got {type(algorithm).__name__}")
-        if not isinstance(equipment, Equipment):
-            raise _fail(f"equipment must be an Equipment, got {type(equipment).__name__}")
+        _check.series(series, source.series_instance_uid)
+        _check.algorithm(algorithm)
+        _check.equipment(equipment)
         if not isinstance(opacity, (int, float)) or isinstance(opacity, bool) or not 0.0 <= opacity <= 1.0:
             raise _fail(f"Recommended Presentation Opacity must be within 0.0..1.0, got {opacity!r}")
         processing = dict(processing or {})
         unknown = sorted(set(processing) - set(range(1, len(surfaces) + 1)))
         if unknown:
             raise _fail(f"processing names segments {unknown} that are not in surfaces")
-        sop_uid = _uid(sop_instance_uid or generate_uid(), "sop_instance_uid (SOP Instance UID)")
-        series_uid = _uid(series.series_instance_uid, "series.series_instance_uid (Series Instance UID)")
-        if series_uid == source.series_instance_uid:
-            raise _fail("series.series_instance_uid equals the source's Series Instance UID: a result is a "
-                        "new series")
-        if isinstance(series.series_number, bool) or not isinstance(series.series_number, int) \
-                or not 0 <= series.series_number <= 2**31 - 1:
-            raise _fail(f"series.series_number (Series Number) must be a non-negative integer, "
-                        f"got {series.series_number!r}")
-        if isinstance(series.instance_number, bool) or not isinstance(series.instance_number, int) \
-                or not 0 <= series.instance_number <= 2**31 - 1:
-            raise _fail(f"series.instance_number (Instance Number) must be a non-negative integer, "
-                        f"got {series.instance_number!r}")
-        if not isinstance(series.content_label, str) or not _CS.match(series.content_label):
-            raise _fail("series.content_label (Content Label, CS) must be 1-16 upper-case letters, digits, "
-                        f"underscore or space, got {series.content_label!r}")
-        when = content_datetime or datetime.now()
-        if not isinstance(when, datetime):
-            raise _fail(f"content_datetime must be a datetime, got {type(when).__name__}")
+        for number, proc in processing.items():
+            _check_processing(proc, f"segment {number}")
+        sop_uid = _check.uid(sop_instance_uid or generate_uid(), "sop_instance_uid (SOP Instance UID)")
+        when = _check.when(content_datetime)
 
         checked = [_check_mesh(mesh, f"segment {seg.number} ({seg.label!r})") for seg, mesh in surfaces]
         self._own_text: list[tuple[str, str]] = []
-        self._patient_and_study(source)
+        result_iod.copy_patient_and_study(source, self)
         self._series_and_equipment(source, series, equipment, sop_uid, when)
         self._surfaces(source, surfaces, checked, algorithm, float(opacity), processing)
-        self._references(source)
+        # Common Instance Reference
+        self.ReferencedSeriesSequence = result_iod.referenced_series_sequence(source)
         self._character_set(source)
         log.info(
             "event=surface_seg_built sop_instance_uid=%s segments=%d points=%d triangles=%d",
@@ -382,63 +248,34 @@ class SurfaceSegmentation(Dataset):
         self._own_text.append((attr, value))
         return value
 
-    def _patient_and_study(self, source: SourceSeries) -> None:
-        header = header_to_copy(source.header, PATIENT_TYPE2 + STUDY_TYPE2)
-        for kw in PATIENT_TYPE2 + STUDY_TYPE2:
-            _copy_from(header, self, kw, type2=True)
-        for kw in _COPIED:
-            _copy_from(header, self, kw, type2=False)
-        self.StudyInstanceUID = source.study_instance_uid
-
     def _series_and_equipment(self, source: SourceSeries, series: ResultSeries, equipment: Equipment,
                               sop_uid: str, when: datetime) -> None:
-        date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
-        # SOP Common
-        self.SOPClassUID = SURFACE_SEGMENTATION_SOP_CLASS_UID
-        self.SOPInstanceUID = sop_uid
-        self.InstanceCreationDate, self.InstanceCreationTime = date, time
-        # General Series + Segmentation Series
-        self.Modality = "SEG"
-        self.SeriesInstanceUID = series.series_instance_uid
-        self.SeriesNumber = series.series_number
-        self.SeriesDescription = self._own(_text(series.series_description, "series.series_description "
-                                                 "(Series Description)", 64, required=False),
-                                           "Series Description")
-        self.SeriesDate, self.SeriesTime = date, time
+        # SOP Common, General Series + Segmentation Series, and of Surface Segmentation the Instance Number
+        # and Content Date and Time
+        result_iod.write_sop_and_series(self, SURFACE_SEGMENTATION_SOP_CLASS_UID, sop_uid, series, when)
+        self._own(series.series_description, "Series Description")
         # Frame of Reference
         self.FrameOfReferenceUID = source.frame_of_reference_uid
-        _copy_from(source.header, self, "PositionReferenceIndicator", type2=True)
+        result_iod.copy_attribute(source.header, self, "PositionReferenceIndicator", type2=True)
         # General Equipment + Enhanced General Equipment (all Type 1 there)
-        for kw, value, attr in (
-            ("Manufacturer", equipment.manufacturer, "equipment.manufacturer (Manufacturer)"),
-            ("ManufacturerModelName", equipment.model_name,
-             "equipment.model_name (Manufacturer's Model Name)"),
-            ("DeviceSerialNumber", equipment.device_serial_number,
-             "equipment.device_serial_number (Device Serial Number)"),
-            ("SoftwareVersions", equipment.software_version,
-             "equipment.software_version (Software Versions)"),
-        ):
-            setattr(self, kw, self._own(_text(value, attr, 64), attr))
-        # Surface Segmentation: Content Identification, date and time
-        self.InstanceNumber = series.instance_number
+        for field, kw, name in result_iod.EQUIPMENT_ATTRIBUTES:
+            setattr(self, kw, self._own(getattr(equipment, field), f"equipment.{field} ({name})"))
+        # Surface Segmentation: Content Identification
         self.ContentLabel = series.content_label
-        self.ContentDescription = self._own(
-            _text(series.content_description, "series.content_description (Content Description)", 64,
-                  required=False), "Content Description")
+        self.ContentDescription = self._own(series.content_description, "Content Description")
         self.ContentCreatorName = None
-        self.ContentDate, self.ContentTime = date, time
 
     def _surfaces(self, source: SourceSeries, surfaces: Sequence[tuple[SegmentInfo, Mesh]],
                   checked: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], algorithm: AlgorithmInfo,
                   opacity: float, processing: dict[int, SurfaceProcessing]) -> None:
         algorithm_item = self._algorithm_item(algorithm, "algorithm")
-        source_items = _source_instance_items(source)
+        source_items = result_iod.source_instance_items(source)
         segment_items, surface_items = [], []
         self.surface_flags: list[MeshFlags] = []
         for (seg, _), (v32, t64, n32) in zip(surfaces, checked, strict=True):
             what = f"segment {seg.number}"
-            category = _code_item(seg.category, f"{what} Segmented Property Category Code Sequence")
-            prop_type = _code_item(seg.type, f"{what} Segmented Property Type Code Sequence")
+            category = result_iod.code_item(seg.category)
+            prop_type = result_iod.code_item(seg.type)
             self._own(category.CodeMeaning, f"{what} Segmented Property Category Code Meaning")
             self._own(prop_type.CodeMeaning, f"{what} Segmented Property Type Code Meaning")
             lab = srgb_to_dicom_lab(seg.color_rgb)
@@ -447,8 +284,7 @@ class SurfaceSegmentation(Dataset):
 
             item = Dataset()
             item.SegmentNumber = seg.number
-            item.SegmentLabel = self._own(_text(seg.label, f"{what} Segment Label", 64),
-                                          f"{what} Segment Label")
+            item.SegmentLabel = self._own(seg.label, f"{what} Segment Label")
             item.SegmentAlgorithmType = "AUTOMATIC"
             item.SegmentedPropertyCategoryCodeSequence = DicomSequence([category])
             item.SegmentedPropertyTypeCodeSequence = DicomSequence([prop_type])
@@ -514,45 +350,20 @@ class SurfaceSegmentation(Dataset):
     def _algorithm_item(self, algorithm: AlgorithmInfo, attr: str) -> Dataset:
         """Algorithm Identification Macro (PS3.3 Table 10-19): family, name and version, all Type 1."""
         item = Dataset()
-        family = _code_item(algorithm.family, f"{attr}.family")
+        family = result_iod.code_item(algorithm.family)
         self._own(family.CodeMeaning, f"{attr}.family code meaning")
         item.AlgorithmFamilyCodeSequence = DicomSequence([family])
-        item.AlgorithmName = self._own(_text(algorithm.name, f"{attr}.name (Algorithm Name)", 64),
-                                       "Algorithm Name")
-        item.AlgorithmVersion = self._own(_text(algorithm.version, f"{attr}.version (Algorithm Version)", 64),
-                                          "Algorithm Version")
+        item.AlgorithmName = self._own(algorithm.name, "Algorithm Name")
+        item.AlgorithmVersion = self._own(algorithm.version, "Algorithm Version")
         return item
 
     def _processing(self, surf: Dataset, proc: SurfaceProcessing, what: str) -> None:
-        if not isinstance(proc, SurfaceProcessing):
-            raise _fail(f"{what}: processing must be a SurfaceProcessing")
-        ratio = proc.ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not np.isfinite(ratio) \
-                or ratio <= 0:
-            raise _fail(f"{what}: Surface Processing Ratio must be a positive number, got {ratio!r}")
         surf.SurfaceProcessing = "YES"
-        surf.SurfaceProcessingRatio = float(ratio)
-        surf.SurfaceProcessingDescription = self._own(
-            _text(proc.description, f"{what} Surface Processing Description", 1024, required=False),
-            f"{what} Surface Processing Description")
+        surf.SurfaceProcessingRatio = float(proc.ratio)
+        surf.SurfaceProcessingDescription = self._own(proc.description,
+                                                      f"{what} Surface Processing Description")
         surf.SurfaceProcessingAlgorithmIdentificationSequence = DicomSequence(
             [self._algorithm_item(proc.algorithm, f"{what} processing.algorithm")])
-
-    def _references(self, source: SourceSeries) -> None:
-        """Common Instance Reference: the source series and its instances (same study)."""
-        seen: dict[str, str] = {}
-        for ref in source.instances:
-            seen.setdefault(ref.sop_instance_uid, ref.sop_class_uid)
-        instances = []
-        for sop_instance, sop_class in seen.items():
-            item = Dataset()
-            item.ReferencedSOPClassUID = sop_class
-            item.ReferencedSOPInstanceUID = sop_instance
-            instances.append(item)
-        series_item = Dataset()
-        series_item.SeriesInstanceUID = source.series_instance_uid
-        series_item.ReferencedInstanceSequence = DicomSequence(instances)
-        self.ReferencedSeriesSequence = DicomSequence([series_item])
 
     def _character_set(self, source: SourceSeries) -> None:
         """Copy the source's Specific Character Set; our own non-ASCII text needs one that can encode it."""
@@ -576,25 +387,6 @@ def _encodes(value: str, encoding: str) -> bool:
     except (UnicodeError, LookupError):
         return False
     return True
-
-
-def _source_instance_items(source: SourceSeries) -> list[Dataset]:
-    """Image SOP Instance Reference Macro items, one per source instance; multi-frame sources list the
-    frames the volume used (Referenced Frame Number)."""
-    frames: dict[str, tuple[str, list[int]]] = {}
-    for ref in source.instances:
-        entry = frames.setdefault(ref.sop_instance_uid, (ref.sop_class_uid, []))
-        if ref.frame_number is not None:
-            entry[1].append(ref.frame_number)
-    items = []
-    for sop_instance, (sop_class, numbers) in frames.items():
-        item = Dataset()
-        item.ReferencedSOPClassUID = sop_class
-        item.ReferencedSOPInstanceUID = sop_instance
-        if numbers:
-            item.ReferencedFrameNumber = sorted(set(numbers))
-        items.append(item)
-    return items
 
 
 # ------------------------------------------------------------------------------------------- validator

@@ -402,25 +402,31 @@ def _other_series(headers: list[Dataset]) -> list[Dataset]:
     [
         ({"affine": np.eye(3)}, r"affine must be a 4x4"),
         ({"affine": np.diag([1.0, 1.0, 1.0, 2.0])}, r"affine's last row"),
-        ({"segments": [replace(SEGMENTS[0], number=2), *SEGMENTS[1:]]}, r"segments must be numbered 1, 2"),
+        ({"segments": [replace(SEGMENTS[0], number=2), *SEGMENTS[1:]]},
+         r"Segment Number of segments\[0\] is 2: segment numbers must be 1, 2"),
         ({"segments": [SEGMENTS[0], replace(SEGMENTS[1], label_value=1), SEGMENTS[2]]},
-         r"segment 2: label_value 1 belongs to another segment"),
-        ({"segments": [SEGMENTS[0], replace(SEGMENTS[1], label=""), SEGMENTS[2]]}, r"segment 2 label must not"),
-        ({"segments": [replace(SEGMENTS[0], color_rgb=(0, 0, 300)), *SEGMENTS[1:]]}, r"segment 1: color_rgb"),
-        ({"segments": []}, r"segments must be a non-empty sequence"),
-        ({"series": _series(content_label="preview")}, r"series.content_label must be"),
-        ({"series": _series(series_instance_uid="not-a-uid")}, r"series.series_instance_uid must be a UID"),
-        ({"algorithm": AlgorithmInfo("", "1")}, r"algorithm.name must not be empty"),
+         r"segment 2 label_value 1 belongs to another segment"),
+        ({"segments": [SEGMENTS[0], replace(SEGMENTS[1], label=""), SEGMENTS[2]]},
+         r"segment 2 label \(Segment Label\) is empty"),
+        ({"segments": [replace(SEGMENTS[0], color_rgb=(0, 0, 300)), *SEGMENTS[1:]]},
+         r"segment 1 color_rgb \(Recommended Display CIELab Value\)"),
+        ({"segments": []}, r"segments: at least one segment is required"),
+        ({"series": _series(content_label="preview")}, r"series.content_label \(Content Label, CS\) must be"),
+        ({"series": _series(series_instance_uid="not-a-uid")},
+         r"series.series_instance_uid \(Series Instance UID\) is missing or not a valid UID"),
+        ({"algorithm": AlgorithmInfo("", "1")}, r"algorithm.name \(Algorithm Name\) is empty"),
         ({"algorithm": AlgorithmInfo("m", "1", Code("113037", "DCM", "Artificial Intelligence"))},
-         r"algorithm.family: DCM code 113037 means 'Rejected for Patient Safety Reasons'"),
+         r"algorithm.family \(Algorithm Family Code Sequence\): DCM code 113037 means 'Rejected for Patient Safety "
+         r"Reasons'"),
         ({"equipment": "isonode"}, r"equipment must be an Equipment"),
         ({"resampled": "no"}, r"resampled must be True or False"),
-        ({"sop_instance_uid": "1.2.x"}, r"sop_instance_uid must be a UID"),
+        ({"sop_instance_uid": "1.2.x"}, r"sop_instance_uid \(SOP Instance UID\) is missing or not"),
         ({"source_images": "other-series"}, r"source_images are not one series: they differ in SeriesInstanceUID"),
+        ({"series": "source-series"}, r"series.series_instance_uid equals the source's Series Instance UID"),
     ],
     ids=["affine-3x3", "affine-last-row", "misnumbered", "shared-label-value", "empty-label", "colour",
          "no-segments", "content-label", "series-uid", "algorithm-name", "wrong-dcm-code", "equipment", "resampled-str",
-         "sop-uid", "two-series"],
+         "sop-uid", "two-series", "source-series"],
 )
 def test_bad_arguments_are_refused_naming_the_argument(plain, kw, message):
     vol, headers = plain
@@ -428,6 +434,8 @@ def test_bad_arguments_are_refused_naming_the_argument(plain, kw, message):
             "algorithm": ALGORITHM, "equipment": EQUIPMENT, "series": _series(), "resampled": False, **kw}
     if args["source_images"] == "other-series":
         args["source_images"] = _other_series(headers)
+    if args["series"] == "source-series":
+        args["series"] = _series(series_instance_uid=str(headers[0].SeriesInstanceUID))
     with pytest.raises(SegError, match=message):
         build_segmentation(**args)
 

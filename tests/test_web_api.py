@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -26,6 +28,7 @@ def web_node(tmp_path_factory) -> Iterator[tuple[NodeProcess, str]]:
     node = NodeProcess(data_dir=tmp / "data", port=free_port(), config_path=cfg, log_path=tmp / "node.log",
                        extra_env={"ISONODE_WEB_TOKEN": TOKEN}).start()
     try:
+        _wait_for_web(f"http://127.0.0.1:{web_port}")
         yield node, f"http://127.0.0.1:{web_port}"
     finally:
         node.stop()
@@ -115,6 +118,15 @@ def test_series_carry_their_study_for_the_logged_in_page_only(web_node, done_job
     assert [j["id"] for j in s["jobs"]] == [done_job["id"]]
     assert httpx.get(f"{base}/api/series/{s['id']}", headers=AUTH).json()["id"] == s["id"]
     assert httpx.get(f"{base}/api/series/99999", headers=AUTH).status_code == 404
+
+
+def test_studies_group_the_series_and_unknown_ids_are_404(web_node, done_job):
+    _, base = web_node
+    studies = httpx.get(f"{base}/api/studies", headers=AUTH).json()["studies"]
+    assert len(studies) == 1 and studies[0]["series_ids"] == [done_job["series_id"]]
+    assert studies[0]["study"]["study_description"]
+    assert httpx.get(f"{base}/api/studies/{studies[0]['id']}", headers=AUTH).json() == studies[0]
+    assert httpx.get(f"{base}/api/studies/424242", headers=AUTH).status_code == 404
 
 
 def test_display_ct_is_a_downsampled_nifti_in_ras_that_the_meshes_sit_in(web_node, done_job, tmp_path):
@@ -209,7 +221,7 @@ def test_system_names_the_backends_model_disk_and_queue(web_node, done_job):
 def test_the_openapi_document_lists_every_api_route(web_node):
     _, base = web_node
     paths = set(httpx.get(f"{base}/api/openapi.json", headers=AUTH).json()["paths"])
-    assert {"/api/health", "/api/series", "/api/jobs", "/api/jobs/{job_id}", "/api/events", "/api/system",
+    assert {"/api/health", "/api/studies", "/api/series", "/api/jobs", "/api/jobs/{job_id}", "/api/events", "/api/system",
             "/api/jobs/{job_id}/feedback", "/api/jobs/{job_id}/ct.nii.gz"} <= paths
 
 
@@ -236,3 +248,54 @@ def test_a_node_whose_web_port_is_taken_still_serves_dicom_and_says_why(node_fac
         assert echoscu(node.port).returncode == 0
         [event] = node.log_events("web.not_started")
         assert event["level"] == "error" and event["reason"]
+
+
+def _wait_for_web(base: str, timeout: float = 30.0, **kwargs) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{base}/api/health", **kwargs)
+            return
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _web_section(port: int, cert, key) -> str:
+    """A whole `web:` section (the last mapping of a key wins in the test config)."""
+    return f"web:\n  port: {port}\n  certificate: {cert}\n  private_key: {key}\n"
+
+
+def _self_signed(tmp_path) -> tuple:
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_with_a_certificate_the_page_is_served_over_https_only_with_secure_cookies(node_factory, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    web_port = free_port()
+    node = node_factory(web_port=web_port, extra=_web_section(web_port, cert, key))
+    node.extra_env["ISONODE_WEB_TOKEN"] = TOKEN
+    node.start()
+    base = f"https://127.0.0.1:{web_port}"
+    trust = ssl.create_default_context(cafile=str(cert))
+    _wait_for_web(base, verify=trust)
+    health = httpx.get(f"{base}/api/health", verify=trust)
+    assert health.status_code == 200
+    assert health.headers["strict-transport-security"].startswith("max-age=")
+    login = httpx.post(f"{base}/login", data={"token": TOKEN}, verify=trust)
+    assert "secure" in login.headers["set-cookie"].lower()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{web_port}/api/health", timeout=3)
+
+
+def test_an_unreadable_certificate_stops_the_start_naming_the_file(node_factory, tmp_path):
+    port = free_port()
+    node = node_factory(web_port=port, extra=_web_section(port, tmp_path / "absent.crt", tmp_path / "absent.key"))
+    node.extra_env["ISONODE_WEB_TOKEN"] = TOKEN
+    node.start()  # DICOM listens first; the web service's start then fails and so does the node's
+    assert node.proc.wait(timeout=60) == 1
+    assert "absent.crt" in node.log_text() and "cannot load" in node.log_text()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from appliance.config import AppConfig, ConfigError, WebConfig, parse_config, with_overrides
-from appliance.display import display_ct_bytes, display_mesh_bytes, display_strides
+from appliance.display import display_ct_bytes, display_files, display_mesh_bytes, display_strides
 from appliance.jobs import JobQueue, LeaseLostError
 from appliance.node import make_outbox
 from appliance.web.auth import LoginThrottle, Sessions, resolve_token
@@ -164,6 +164,14 @@ def test_display_ct_is_int16_within_256_in_plane_and_keeps_positions_in_ras(tmp_
     x, y, z = nib.affines.apply_affine(img.affine, (i, j, k))
     lps = vol.affine @ [300, 100, 0, 1]  # the block's first voxel in the source, LPS
     assert np.allclose((x, y, z), (-lps[0], -lps[1], lps[2]), atol=2.2)
+
+
+def test_the_preview_display_ct_keeps_slices_at_least_2_mm_apart_and_the_full_one_all_of_them():
+    thin = _volume(shape=(60, 64, 64), spacing=(0.7, 0.7, 1.0))
+    preview = nib.Nifti1Image.from_bytes(gzip.decompress(display_files(thin, [], {}, "preview")[0].data))
+    full = nib.Nifti1Image.from_bytes(gzip.decompress(display_files(thin, [], {}, "full")[0].data))
+    assert preview.shape[2] == 30 and full.shape[2] == 60
+    assert np.isclose(preview.header.get_zooms()[2], 2.0) and np.isclose(full.header.get_zooms()[2], 1.0)
 
 
 def test_mz3_holds_indexed_triangles_and_transformed_vertices():

@@ -27,7 +27,7 @@ from appliance.jobs import JobQueue
 from appliance.status import runtime_record
 from appliance.web.auth import SESSION_COOKIE, LoginThrottle, Sessions
 from appliance.web.events import SeriesFeed
-from appliance.web.views import list_jobs, list_series
+from appliance.web.views import list_jobs, list_series, list_studies
 from dicom_node.database import Database
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
@@ -168,6 +168,18 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get("/api/openapi.json", dependencies=api, include_in_schema=False)
     def openapi() -> dict:
         return app.openapi()
+
+    @app.get("/api/studies", dependencies=api)
+    def studies_list(limit: int = Query(50, ge=1, le=500)) -> dict:
+        """Studies with received series, newest activity first, with the ids of their series."""
+        return {"studies": list_studies(db.connection, limit=limit)}
+
+    @app.get("/api/studies/{study_id}", dependencies=api)
+    def study_one(study_id: int) -> dict:
+        found = list_studies(db.connection, study_id=study_id)
+        if not found:
+            raise HTTPException(404, f"no study {study_id}")
+        return found[0]
 
     @app.get("/api/series", dependencies=api)
     def series_list(limit: int = Query(50, ge=1, le=500)) -> dict:

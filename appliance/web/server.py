@@ -15,7 +15,7 @@ import threading
 
 import uvicorn
 
-from appliance.config import AppConfig
+from appliance.config import AppConfig, ConfigError
 from appliance.web.app import WebContext, create_app
 from appliance.web.auth import resolve_token
 from dicom_node.logfmt import log_event
@@ -47,8 +47,12 @@ class WebServer:
         web = self.config.web
         token, source = resolve_token(web, self.config.data_dir, self.environ)
         https = web.certificate is not None
-        if https:  # fail here, naming the file, rather than on the first connection
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(web.certificate, web.private_key)
+        if https:  # fail here, naming the files, rather than on the first connection
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(web.certificate, web.private_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"web.certificate {web.certificate} / web.private_key {web.private_key}: "
+                                  f"cannot load ({getattr(exc, 'strerror', None) or type(exc).__name__})") from exc
         app = create_app(WebContext(self.config, token, https=https, workers_alive=self.workers_alive))
         sock = _bind(web.bind_address, web.port)
         self.address = sock.getsockname()[:2]

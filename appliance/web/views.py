@@ -143,6 +143,26 @@ def list_series(conn: sqlite3.Connection, results_dir: Path, *, limit: int = 50,
             for r in rows]
 
 
+def list_studies(conn: sqlite3.Connection, *, limit: int = 50, study_id: int | None = None) -> list[dict[str, Any]]:
+    """Studies with received series, newest activity first: patient and study attributes, and the ids of
+    their series versions (the REST tree's level above /api/series)."""
+    where, params = ("WHERE st.rowid = ?", [study_id]) if study_id is not None else ("", [])
+    rows = conn.execute(
+        f"SELECT st.rowid AS id, st.study_uid, {', '.join(f'st.{f}' for f in STUDY_FIELDS)},"
+        f" MAX(s.last_received_at) AS last_received_at FROM catalog_studies AS st"
+        f" JOIN series AS s ON s.study_uid = st.study_uid {where}"
+        f" GROUP BY st.study_uid ORDER BY last_received_at DESC LIMIT ?", [*params, limit]).fetchall()
+    series: dict[str, list[int]] = {}
+    uids = [r["study_uid"] for r in rows]
+    if uids:
+        for r in conn.execute(f"SELECT rowid AS id, study_uid FROM series WHERE study_uid IN"
+                              f" ({','.join('?' * len(uids))}) ORDER BY rowid", uids):
+            series.setdefault(r["study_uid"], []).append(r["id"])
+    return [{"id": r["id"], "study_uid": r["study_uid"], "last_received_at": r["last_received_at"],
+             "study": {f: r[f] or "" for f in STUDY_FIELDS}, "series_ids": series.get(r["study_uid"], [])}
+            for r in rows]
+
+
 def _int(text: str | None) -> int | None:
     try:
         return int(str(text).strip())

@@ -1,7 +1,7 @@
 // Builds the bedside page into ../static/: index.html, app.js (one bundle), app.css.
 // Usage: node build.mjs [--dev] [--watch]   (--dev: no minify, with source map)
 import * as esbuild from "esbuild";
-import { copyFile, mkdir, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -37,6 +37,25 @@ const options = {
           contents: `export default { fromConfig() { throw new Error(${JSON.stringify(args.path + " is not in this build")}); } };`,
           loader: "js",
         }));
+      },
+    },
+    {
+      // NiiVue 0.69 recomputes a gradient volume (blur + Sobel passes over the whole CT, two more
+      // 3D textures) every time layer 0 is refreshed, even when the 3D shader never samples it; in
+      // software WebGL that is most of the cost of showing a CT (2-5 s of the first frame). Here the
+      // default matte volume shader is used, so the gradient is only computed when the shader or
+      // the illumination setting needs it (setVolumeRenderIllumination refreshes the layers).
+      name: "niivue-lazy-gradient",
+      setup(build) {
+        build.onLoad({ filter: /[\\/]@niivue[\\/]niivue[\\/]build[\\/]niivue[\\/]index\.js$/ }, async (args) => {
+          const src = await readFile(args.path, "utf8");
+          const from = "      this.volumeTexture = outTexture;\n      this.gradientTexture = gradientGL({";
+          const to =
+            "      this.volumeTexture = outTexture;\n" +
+            "      if (!this.__skipGradient || this.renderShader !== this.renderVolumeShader || this.gradientTextureAmount > 0 || this.opts.gradientOpacity > 0) this.gradientTexture = gradientGL({";
+          if (src.split(from).length !== 2) throw new Error(`niivue-lazy-gradient: refreshLayers not as expected in ${args.path}`);
+          return { contents: src.replace(from, to), loader: "js" };
+        });
       },
     },
     {

@@ -99,6 +99,8 @@ export class Viewer {
       clipPlaneColor: [0, 0, 0, 0],
     });
     this.nv = nv;
+    this.exp = globalThis.__exp || {};
+    nv.__skipGradient = !this.exp.gradient;
     await nv.attachToCanvas(this.canvas);
     nv.setRenderAzimuthElevation(DEFAULT_AZIMUTH, DEFAULT_ELEVATION);
     return this;
@@ -169,10 +171,12 @@ export class Viewer {
     }
     t.push(performance.now());
     let outlines = null;
-    try {
-      outlines = await this.buildOutlines(volume, segments, meshes);
-    } catch (e) {
-      console.warn("isonode: no slice outlines", e);
+    if (!this.exp.lateOutlines) {
+      try {
+        outlines = await this.buildOutlines(volume, segments, meshes);
+      } catch (e) {
+        console.warn("isonode: no slice outlines", e);
+      }
     }
     if (token !== this.loadToken) {
       for (const [, m] of meshes) m.unloadMesh?.(nv.gl);
@@ -209,7 +213,30 @@ export class Viewer {
     t.push(performance.now());
     this.timings = { fetch: t[1] - t[0], parse: t[2] - t[1], outlines: t[3] - t[2], swap: t[4] - t[3], present: t[5] - t[4] };
     this.onStatus("", "");
+    if (this.exp.lateOutlines) setTimeout(() => this.addOutlines(token, volume, segments, meshes), 0);
     return true;
+  }
+
+  async addOutlines(token, volume, segments, meshes) {
+    const t0 = performance.now();
+    let outlines;
+    try {
+      outlines = await this.buildOutlines(volume, segments, meshes);
+    } catch (e) {
+      console.warn("isonode: no slice outlines", e);
+      return;
+    }
+    if (token !== this.loadToken) return;
+    const t1 = performance.now();
+    this.batch(() => {
+      this.nv.addVolume(outlines.image);
+      this.outlines = outlines;
+      this.applySliceMode();
+    }, [1]);
+    const t2 = performance.now();
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    if (token !== this.loadToken) return;
+    Object.assign(this.timings, { lateOutlines: t1 - t0, lateSwap: t2 - t1, latePresent: performance.now() - t2 });
   }
 
   /**
@@ -217,9 +244,10 @@ export class Viewer {
    * and do that work once at the end. Adding 2 volumes and 8 meshes otherwise queues a dozen
    * texture rebuilds: seconds on a tablet GPU or in software rendering.
    */
-  batch(fn) {
+  batch(fn, layers = null) {
     const nv = this.nv;
     if (this.batching) return fn();
+    if (!this.exp.layers) layers = null;
     this.batching = true;
     let update = false;
     nv.updateGLVolume = () => {
@@ -233,7 +261,10 @@ export class Viewer {
       delete nv.updateGLVolume;
       nv.isBusy = wasBusy;
       this.batching = false;
-      if (update) nv.updateGLVolume();
+      if (update && layers && nv.back) {
+        for (const i of layers) if (nv.volumes[i]) nv.refreshLayers(nv.volumes[i], i);
+        nv.drawScene();
+      } else if (update) nv.updateGLVolume();
       else nv.drawScene();
     }
   }
@@ -317,7 +348,7 @@ export class Viewer {
   setWindow(key) {
     if (!WINDOWS[key]) return;
     this.windowKey = key;
-    this.applyWindow();
+    this.batch(() => this.applyWindow(), [0]);
   }
 
   applyWindow() {
@@ -332,7 +363,7 @@ export class Viewer {
   setSliceMode(key) {
     if (!SLICE_MODES[key]) return;
     this.sliceMode = key;
-    this.applySliceMode();
+    this.batch(() => this.applySliceMode(), [1]);
   }
 
   applySliceMode() {
@@ -401,7 +432,7 @@ export class Viewer {
       if (m) this.nv.setMeshProperty(m.id, "visible", visible);
       this.refreshOutlineLabels();
       this.nv.updateGLVolume();
-    });
+    }, [1]);
   }
 
   setSegmentOpacity(name, opacity) {
@@ -414,7 +445,7 @@ export class Viewer {
         this.refreshOutlineLabels();
         this.nv.updateGLVolume();
       }
-    });
+    }, (before > 0) !== (opacity > 0) ? [1] : []);
   }
 
   /** Forget per-segment settings (a different series was selected). */
