@@ -103,10 +103,14 @@ class InstanceIndex:
         self.catalog = Catalog(db)  # its tables exist before the first record() writes to them
 
     def contains(self, sop_instance_uid: str) -> bool:
+        return self.relpath_of(sop_instance_uid) is not None
+
+    def relpath_of(self, sop_instance_uid: str) -> str | None:
+        """Where the stored instance lies under the spool; None if it is not stored."""
         row = self.db.connection.execute(
-            "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            "SELECT relpath FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
         ).fetchone()
-        return row is not None
+        return None if row is None else row["relpath"]
 
     def record(self, rec: InstanceRecord, now: float | None = None, *,
                catalog: CatalogEntry | None = None) -> int | None:

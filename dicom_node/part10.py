@@ -40,3 +40,24 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
         *([_element(0x0016, b"AE", _text(source_ae_title.strip(), b" "))] if source_ae_title.strip() else []),
     ])
     return PREAMBLE + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def split_part10(data: bytes | memoryview) -> tuple[str, memoryview]:
+    """(Transfer Syntax UID, the data set's bytes) of a Part-10 file: the data set starts after the file
+    meta group, whose group length (0002,0000) PS3.10 makes the first element. Raises ValueError."""
+    view = memoryview(data)
+    if bytes(view[128:132]) != b"DICM" or bytes(view[132:136]) != b"\x02\x00\x00\x00":
+        raise ValueError("not a Part-10 file with a file meta group length")
+    (group_length,) = struct.unpack("<I", view[140:144])
+    end = 144 + group_length
+    pos, transfer_syntax = 144, ""
+    while pos < end:
+        elem, vr = struct.unpack("<2xH2s", view[pos:pos + 6])
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            (length,), head = struct.unpack("<I", view[pos + 8:pos + 12]), 12
+        else:
+            (length,), head = struct.unpack("<H", view[pos + 6:pos + 8]), 8
+        if elem == 0x0010:
+            transfer_syntax = bytes(view[pos + head:pos + head + length]).decode("ascii").rstrip("\x00 ")
+        pos += head + length
+    return transfer_syntax, view[end:]

@@ -43,6 +43,7 @@ from dicom_node import status
 from dicom_node.access import AccessPolicy
 from dicom_node.catalog import CatalogEntry
 from dicom_node.decoded_frames import DecodedFrames
+from dicom_node.duplicates import same_instance
 from dicom_node.index import InstanceIndex, InstanceRecord
 from dicom_node.limits import TooLargeError, check_pixel_size, inflate_bounded
 from dicom_node.logfmt import log_event
@@ -418,16 +419,27 @@ class DicomScp:
             except PixelDecodeError as exc:
                 return fail(status.CANNOT_UNDERSTAND_PIXEL_DATA, f"pixel data: {exc}")
 
-        if self.index.contains(ds_instance):
-            log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid, calling_ae=calling_ae)
-            return StoreOutcome(status.SUCCESS, series_uid=series_uid)
+        def duplicate(stored: Path) -> StoreOutcome:
+            """The instance is stored already: Success if it is the same object, else refused (kept as is)."""
+            if same_instance(stored, ts, dataset_bytes, ds):
+                log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid,
+                          calling_ae=calling_ae)
+                return StoreOutcome(status.SUCCESS, series_uid=series_uid)
+            return fail(status.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with other content")
+
+        known = self.index.relpath_of(ds_instance)
+        if known is not None:
+            return duplicate(self.spool.root / known)
 
         if free_bytes(self.spool.root) - len(dataset_bytes) < self.settings.min_free_bytes:
             return fail(status.OUT_OF_RESOURCES, "storage nearly full: instance refused")
 
         path = self.spool.instance_path(study_uid, series_uid, ds_instance)
         meta = encode_file_meta(ds_class, ds_instance, ts, source_ae_title=calling_ae)
-        size = store_durably(path, [meta, dataset_bytes], fsync=self.settings.fsync)
+        try:
+            size = store_durably(path, [meta, dataset_bytes], fsync=self.settings.fsync, exclusive=True)
+        except FileExistsError:  # a concurrent store of this instance came first (it indexes the file)
+            return duplicate(path)
         relpath = path.relative_to(self.spool.root).as_posix()
         version = self.index.record(
             InstanceRecord(
@@ -446,7 +458,10 @@ class DicomScp:
             catalog=CatalogEntry.from_dataset(ds, transfer_syntax_uid=str(ts), store="spool", relpath=relpath,
                                               size=size),
         )
-        if self.decoded is not None and frame is not None and frame.shape[0] == 1 and version is not None:
+        if version is None:  # meanwhile indexed under another study or series: that file is the record
+            path.unlink(missing_ok=True)
+            return fail(status.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored in another series")
+        if self.decoded is not None and frame is not None and frame.shape[0] == 1:
             self.decoded.put(ds_instance, frame[0])
         log_event(logger, "store.accepted", level=logging.DEBUG, sop_instance=ds_instance, series=series_uid,
                   version=version, bytes=size)

@@ -72,8 +72,11 @@ def _make_dirs_durably(path: Path) -> None:
         _fsync_dir(d.parent)
 
 
-def store_durably(path: Path, chunks: bytes | memoryview | list[bytes | memoryview], *, fsync: bool = True) -> int:
-    """Write the chunks to `path` atomically and durably; return the number of bytes written."""
+def store_durably(path: Path, chunks: bytes | memoryview | list[bytes | memoryview], *, fsync: bool = True,
+                  exclusive: bool = False) -> int:
+    """Write the chunks to `path` atomically and durably; return the number of bytes written. `exclusive`:
+    never replace an existing file (FileExistsError), so of two concurrent writers of one path the first
+    keeps its file and the second learns it lost (a rename would silently replace acknowledged data)."""
     _make_dirs_durably(path.parent)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident():x}{TMP_SUFFIX}")
     parts = chunks if isinstance(chunks, list) else [chunks]
@@ -93,7 +96,13 @@ def store_durably(path: Path, chunks: bytes | memoryview | list[bytes | memoryvi
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    if exclusive:
+        try:
+            os.link(tmp, path)  # atomic, and fails where the path exists
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, path)
     if fsync:
         _fsync_dir(path.parent)
     return size

@@ -13,6 +13,11 @@ CANNOT_UNDERSTAND_UNPARSABLE = 0xC210
 CANNOT_UNDERSTAND_INTERNAL_ERROR = 0xC211
 CANNOT_UNDERSTAND_MISSING_UID = 0xC220
 CANNOT_UNDERSTAND_PIXEL_DATA = 0xC230
+# The SOP Instance UID is stored already with other content. A UID names one object: the stored one is
+# kept and the sender told, never silently replaced or dropped. (PS3.7's "Duplicate SOP Instance" 0x0111
+# is an N-CREATE status that DCMTK's storescu shows as "Unknown Status"; a Cannot understand sub-code with
+# its Error Comment reads as a failure in every sender.)
+DUPLICATE_SOP_INSTANCE = 0xC240
 
 # Query/Retrieve (PS3.4 C.4) and the general "not authorised" (PS3.7 C.5).
 PENDING = 0xFF00

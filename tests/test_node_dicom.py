@@ -86,6 +86,21 @@ def test_retired_jpeg_syntaxes_are_refused_at_negotiation_and_node_keeps_serving
     assert echoscu(node.port).returncode == 0
 
 
+def test_other_content_under_a_stored_uid_is_refused_with_duplicate_sop_instance(node, tmp_path):
+    f = sorted((shared_case("crlm_ct_1004_ge_abdomen") / "ct_dicom").glob("*.dcm"))[0]
+    first = storescu(node.port, f)
+    assert store_responses(first.stdout + first.stderr) == [(str(f), "(Success)")]
+    changed = pydicom.dcmread(f)
+    changed.WindowWidth = 1234
+    changed.save_as(tmp_path / "changed.dcm")
+    result = storescu(node.port, tmp_path / "changed.dcm")
+    [(_, response)] = store_responses(result.stdout + result.stderr)
+    assert response == "(Error: CannotUnderstand)"
+    assert node.status()["instances"] == 1
+    [event] = [e for e in node.log_events("store.refused") if e["status"] == "0xC240"]
+    assert event["reason"] == "SOP Instance UID already stored with other content"
+
+
 def test_duplicate_instance_is_idempotent(node):
     f = sorted((shared_case("crlm_ct_1004_ge_abdomen") / "ct_dicom").glob("*.dcm"))[0]
     for _ in range(2):

@@ -312,3 +312,89 @@ def test_retention_removes_what_it_deletes_from_the_catalog_first(tmp_path, db):
     report = sweep(db, spool.root, tmp_path / "results", parse_config("").retention, now=time.time() + 8 * 86400)
     assert (report.series_deleted, report.result_dirs_deleted) == (1, 1)
     assert index.catalog.counts() == {"studies": 0, "series": 0, "instances": 0}
+
+
+def _scp(tmp_path, db):
+    from dicom_node.scp import DicomScp, ScpSettings
+
+    index = InstanceIndex(db)
+    return DicomScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), index), index
+
+
+def _encoded(ds, implicit: bool = False) -> bytes:
+    from pynetdicom.dsutils import encode
+
+    return encode(ds, implicit, True)
+
+
+def test_an_identical_instance_sent_again_is_success_in_any_transfer_syntax(tmp_path, db):
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    scp, index = _scp(tmp_path, db)
+    ds = pydicom.dcmread(write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))[0])
+    assert scp.store(_encoded(ds), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
+    stored = tmp_path / "spool" / index.relpath_of(ds.SOPInstanceUID)
+    before = stored.read_bytes()
+    assert scp.store(_encoded(ds), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
+    assert scp.store(_encoded(ds, implicit=True), ImplicitVRLittleEndian, ds.SOPClassUID,
+                     ds.SOPInstanceUID).status == 0
+    assert stored.read_bytes() == before and len(list((tmp_path / "spool").rglob("*.dcm"))) == 1
+
+
+@pytest.mark.parametrize("change", ["pixels", "attribute", "series"])
+def test_other_content_under_a_stored_uid_is_refused_and_the_stored_object_kept(tmp_path, db, change):
+    scp, index = _scp(tmp_path, db)
+    ds = pydicom.dcmread(write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))[0])
+    assert scp.store(_encoded(ds), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
+    stored = tmp_path / "spool" / index.relpath_of(ds.SOPInstanceUID)
+    before = stored.read_bytes()
+    other = pydicom.dcmread(tmp_path / "src" / sorted(p.name for p in (tmp_path / "src").iterdir())[0])
+    if change == "pixels":
+        arr = other.pixel_array.copy()
+        arr[0, 0] += 1
+        other.PixelData = arr.tobytes()
+    elif change == "attribute":
+        other.WindowCenter = 999
+    else:
+        other.SeriesInstanceUID = "1.2.3.999"
+    outcome = scp.store(_encoded(other), ExplicitVRLittleEndian, other.SOPClassUID, other.SOPInstanceUID)
+    assert outcome.status == 0xC240 and "other" in outcome.reason
+    assert stored.read_bytes() == before
+    assert len(list((tmp_path / "spool").rglob("*.dcm"))) == 1  # no orphan file
+    assert index.counts()["instances"] == 1
+
+
+def test_concurrent_stores_of_one_uid_keep_exactly_the_acknowledged_object(tmp_path, db):
+    import threading
+
+    files = write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
+    base = pydicom.dcmread(files[0])
+    for trial in range(20):
+        uid = f"1.2.826.0.1.3680043.9.7777.{trial}"
+        variants = []
+        for k in range(4):
+            ds = pydicom.dcmread(files[0])
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+            ds.WindowCenter = 40 + (k % 2)  # two distinct contents, each sent twice
+            if k >= 2 and trial % 2:
+                ds.SeriesInstanceUID = f"1.2.3.4.{k}"  # and, every other trial, other series
+            variants.append(_encoded(ds))
+        scp, index = _scp(tmp_path, db)
+        barrier = threading.Barrier(len(variants))
+        outcomes: list = [None] * len(variants)
+
+        def send(i: int, body: bytes, scp=scp, barrier=barrier, outcomes=outcomes, uid=uid) -> None:
+            barrier.wait()
+            outcomes[i] = scp.store(body, ExplicitVRLittleEndian, base.SOPClassUID, uid)
+
+        threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate(variants)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ok = [i for i, o in enumerate(outcomes) if o.status == 0]
+        assert ok and all(outcomes[i].status == 0xC240 for i in set(range(4)) - set(ok)), outcomes
+        stored = (tmp_path / "spool" / index.relpath_of(uid)).read_bytes()
+        assert all(stored.endswith(variants[i]) for i in ok)  # every Success names the object kept
+        assert len([p for p in (tmp_path / "spool").rglob(f"{uid}.dcm")]) == 1
+        assert not list((tmp_path / "spool").rglob("*.tmp"))
