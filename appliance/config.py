@@ -65,6 +65,8 @@ class NodeConfig(_Strict):
     bind_address: str = "0.0.0.0"
     max_pdu_size: int = Field(131072, ge=4096, le=16 * 1024 * 1024)
     maximum_associations: int = Field(16, ge=1, le=256)
+    max_associations_per_peer: int = Field(8, ge=1, le=256, description="associations one address may hold "
+                                           "open at once (idle ones end after network_timeout_s)")
     allowed_peers: list[PeerConfig] = Field(default_factory=list)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(120.0, gt=0)
@@ -82,6 +84,19 @@ class NodeConfig(_Strict):
         ipaddress.ip_address(v)
         return v
 
+    @field_validator("allowed_peers")
+    @classmethod
+    def _peer_addresses(cls, v: list[PeerConfig]) -> list[PeerConfig]:
+        return _with_addresses(v)
+
+
+def _with_addresses(peers: list[PeerConfig]) -> list[PeerConfig]:
+    """Every access rule names an address: an AE title alone is whatever the peer claims."""
+    for i, peer in enumerate(peers):
+        if peer.address is None:
+            raise ValueError(f"entry {i} needs an address (an AE title alone is what the peer claims)")
+    return peers
+
 
 def _loopback_peers() -> list[PeerConfig]:
     return [PeerConfig(address=net) for net in LOOPBACK_NETWORKS]
@@ -97,10 +112,7 @@ class QueryRetrieveConfig(_Strict):
     @field_validator("allowed_peers")
     @classmethod
     def _addresses(cls, v: list[PeerConfig]) -> list[PeerConfig]:
-        for i, peer in enumerate(v):
-            if peer.address is None:
-                raise ValueError(f"entry {i} needs an address (an AE title alone is what the peer claims)")
-        return v
+        return _with_addresses(v)
 
 
 class StorageConfig(_Strict):

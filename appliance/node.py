@@ -74,6 +74,7 @@ def scp_settings(config: AppConfig) -> ScpSettings:
         max_dataset_bytes=config.storage.max_dataset_mb * 1024 * 1024,
         fsync=config.storage.fsync,
         maximum_associations=n.maximum_associations,
+        max_associations_per_peer=n.max_associations_per_peer,
         dimse_timeout_s=n.dimse_timeout_s,
         network_timeout_s=n.network_timeout_s,
         poll_interval_s=n.poll_interval_ms / 1000.0,

@@ -17,10 +17,19 @@ from dicom_node.part10 import split_part10
 PIXEL_DATA = 0x7FE00010
 
 
+# What a lossless change of transfer syntax may change without a new SOP Instance UID (PS3.5 8.2): the
+# encoding's group lengths, how the pixels are encoded (compared decoded instead: Bits Allocated, Stored,
+# High Bit, Pixel Representation, Photometric Interpretation, Planar Configuration; NEMA's J2K and
+# uncompressed samples of one image differ in Bits Stored), and a transcoder's note of itself in the
+# derivation (DCMTK writes one: Derivation Description, Derivation Code Sequence).
+ENCODING = {0x00280100, 0x00280101, 0x00280102, 0x00280103, 0x00280004, 0x00280006, 0x00082111, 0x00089215}
+
+
 def _public_values(ds: Dataset) -> dict:
-    """Every standard attribute's value but the pixels (private ones read as UN in implicit VR and are
-    not comparable across transfer syntaxes)."""
-    return {elem.tag: elem.value for elem in ds if not elem.tag.is_private and elem.tag != PIXEL_DATA}
+    """Every standard attribute's value but the pixels and what encodes them (private ones read as UN in
+    implicit VR and are not comparable across transfer syntaxes)."""
+    return {elem.tag: elem.value for elem in ds if not elem.tag.is_private and elem.tag.element != 0
+            and elem.tag != PIXEL_DATA and elem.tag not in ENCODING}
 
 
 def same_instance(stored: Path, transfer_syntax: UID, dataset_bytes: bytes | memoryview, ds: Dataset) -> bool:

@@ -102,6 +102,7 @@ class ScpSettings:
     max_dataset_bytes: int = 512 << 20  # dicom_node.limits
     fsync: bool = True
     maximum_associations: int = 16
+    max_associations_per_peer: int = 8  # one host (idle or hostile) cannot take every slot
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 120.0
@@ -238,6 +239,13 @@ class DicomScp:
         assoc = event.assoc
         calling = assoc.requestor.primitive.calling_ae_title
         address = assoc.requestor.address
+        open_from_peer = sum(1 for a in self._server.active_associations if a.requestor.address == address)
+        if open_from_peer > self.settings.max_associations_per_peer:  # this one included
+            log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
+                      reason=f"more than node.max_associations_per_peer "
+                             f"({self.settings.max_associations_per_peer}) open from this address")
+            _reject(assoc, status.REJECT_LOCAL_LIMIT_EXCEEDED)
+            return
         access = self.settings.access
         may_store = access.may_store(calling, address)
         may_qr = self.qr is not None and access.may_query_retrieve(calling, address)
@@ -245,7 +253,7 @@ class DicomScp:
             log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
                       reason="calling AE title/address in neither node.allowed_peers nor "
                              "query_retrieve.allowed_peers")
-            assoc.acse.send_reject(*status.REJECT_CALLING_AE_NOT_RECOGNIZED)
+            _reject(assoc, status.REJECT_CALLING_AE_NOT_RECOGNIZED)
             return
         if may_qr:
             assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *self._qr_contexts()]
@@ -466,6 +474,14 @@ class DicomScp:
         log_event(logger, "store.accepted", level=logging.DEBUG, sop_instance=ds_instance, series=series_uid,
                   version=version, bytes=size)
         return StoreOutcome(status.SUCCESS, series_uid=series_uid)
+
+
+def _reject(assoc: Any, result_source_diagnostic: tuple[int, int, int]) -> None:
+    """A-ASSOCIATE-RJ from EVT_REQUESTED, as pynetdicom rejects itself: send, then end the association's
+    DUL, which sends what it holds first (closing the socket at once could drop the reject, and the peer
+    would see an abort instead of the reason)."""
+    assoc.acse.send_reject(*result_source_diagnostic)
+    assoc.kill()
 
 
 def spool_layout(root: Path) -> SpoolLayout:

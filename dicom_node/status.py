@@ -30,3 +30,5 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 # A-ASSOCIATE-RJ (result, source, diagnostic) for a calling AE title/address pair that is not allowed:
 # rejected-permanent, service-user, calling-AE-title-not-recognized.
 REJECT_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
+# rejected-transient, service-provider (presentation), local-limit-exceeded: too many open from one address.
+REJECT_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)

@@ -36,6 +36,8 @@ def test_empty_file_gives_the_same_defaults_as_the_firmware_file():
         ("node: {bind_adress: 0.0.0.0}", "node.bind_adress", "unknown key"),
         ("node: {allowed_peers: [{address: 10.0.0.300}]}", "node.allowed_peers.0.address", "does not appear"),
         ("node: {allowed_peers: [{}]}", "node.allowed_peers.0", "ae_title, address or both"),
+        ("node: {allowed_peers: [{ae_title: CT1}]}", "node.allowed_peers", "needs an address"),
+        ("node: {max_associations_per_peer: 0}", "node.max_associations_per_peer", "greater than"),
         ("series: {completion_timeout_s: 0}", "series.completion_timeout_s", "greater than 0"),
         ("series: {routes: [{completion_timeout_s: 3}]}", "series.routes.0", "calling_ae_title"),
         ("processing: {backend: tpu}", "processing.backend", "'auto', 'cpu' or 'cuda'"),

@@ -180,7 +180,7 @@ def test_unlisted_peer_is_rejected_at_association(node_factory, phantom_slices, 
 def test_a_peer_allowed_only_to_query_may_not_store(node_factory, phantom_slices):
     node = node_factory()
     node.config_path.write_text(node.config_path.read_text().replace(
-        "node:\n", "node:\n  allowed_peers: [{ae_title: CT_SCANNER_1}]\n"))
+        "node:\n", "node:\n  allowed_peers: [{ae_title: CT_SCANNER_1, address: 127.0.0.1}]\n"))
     node.start()  # query_retrieve keeps its default: loopback may query and retrieve
     result = storescu(node.port, phantom_slices[0], aet="WORKSTATION")
     assert "(Success)" not in result.stdout + result.stderr
@@ -236,3 +236,35 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance_and_work_resumes(nod
     assert all(r == "(Success)" for _, r in store_responses(result.stdout + result.stderr))
     node.wait_for(lambda s: s["jobs"]["done"] == 2, what="the completed series to be processed")
     assert node.log_events("job.done")[-1]["shape"] == [300, 128, 128]
+
+
+def test_one_address_cannot_hold_every_association_slot(node_factory):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    node = node_factory()
+    node.config_path.write_text(node.config_path.read_text().replace(
+        "node:\n", "node:\n  max_associations_per_peer: 2\n"))
+    node.start()
+
+    def associate(source: str):  # noqa: ANN202 - pynetdicom Association
+        ae = AE(ae_title="HOGGER")
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", node.port, ae_title="ISONODE", bind_address=(source, 0))
+
+    held = [associate("127.0.0.1") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        third = associate("127.0.0.1")
+        assert third.is_rejected
+        other_host = associate("127.0.0.2")
+        assert other_host.is_established
+        other_host.release()
+    finally:
+        for a in held:
+            a.release()
+    again = associate("127.0.0.1")  # slots come back as associations end
+    assert again.is_established
+    again.release()
+    [event] = [e for e in node.log_events("association.rejected") if "max_associations_per_peer" in e["reason"]]
+    assert event["address"] == "127.0.0.1"
