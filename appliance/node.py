@@ -226,7 +226,8 @@ class Node:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + RETENTION_INTERVAL_S
                 try:
-                    sweep(self.db, self.spool.root, self.config.results_dir, self.config.retention)
+                    sweep(self.db, self.spool.root, self.config.results_dir, self.config.retention,
+                          guard=self.scp.spool_guard)
                 except Exception:
                     logger.exception("retention.error")
             self._stop.wait(COMPLETION_POLL_S)

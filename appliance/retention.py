@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,23 +52,32 @@ def _undelivered_result_dirs(db: Database) -> set[str]:
 
 
 def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionConfig,
-          now: float | None = None) -> SweepReport:
+          now: float | None = None, guard: AbstractContextManager | None = None) -> SweepReport:
+    """Delete what is old and done. `guard` (the SCP's spool guard) is held while a series is forgotten
+    and its files deleted, one series at a time: an instance re-sent meanwhile waits, then is stored anew
+    (without it, it could be acknowledged as a duplicate of a file about to be deleted)."""
     now = time.time() if now is None else now
+    guard = guard or nullcontext()
     series_deleted = instances_deleted = 0
-    with db.transaction() as conn:
-        busy = {r["series_uid"] for r in conn.execute(
-            "SELECT DISTINCT series_uid FROM jobs WHERE state IN ('queued', 'running')")}
-        doomed: list[str] = []
-        for series_uid in InstanceIndex.expired_series_in(conn, now - config.instances_days * DAY_S):
-            if series_uid in busy:
-                continue
-            doomed.extend(InstanceIndex.forget_series_in(conn, series_uid))
-            series_deleted += 1
-    for rel in doomed:
-        path = spool_root / rel
-        path.unlink(missing_ok=True)
-        _remove_empty_parents(path, spool_root)
-        instances_deleted += 1
+    conn = db.connection
+    busy = {r["series_uid"] for r in conn.execute(
+        "SELECT DISTINCT series_uid FROM jobs WHERE state IN ('queued', 'running')")}
+    for series_uid in InstanceIndex.expired_series_in(conn, now - config.instances_days * DAY_S):
+        if series_uid in busy:
+            continue
+        with guard:
+            with db.transaction() as tx:
+                if (series_uid not in InstanceIndex.expired_series_in(tx, now - config.instances_days * DAY_S)
+                        or tx.execute("SELECT 1 FROM jobs WHERE series_uid = ? AND state IN ('queued', 'running')",
+                                      (series_uid,)).fetchone()):
+                    continue  # received again, or given work, since the list was read
+                doomed = InstanceIndex.forget_series_in(tx, series_uid)
+            for rel in doomed:
+                path = spool_root / rel
+                path.unlink(missing_ok=True)
+                _remove_empty_parents(path, spool_root)
+        series_deleted += 1
+        instances_deleted += len(doomed)
     result_dirs = 0
     cutoff = now - config.results_days * DAY_S
     undelivered = _undelivered_result_dirs(db)

@@ -105,6 +105,16 @@ class InstanceIndex:
     def contains(self, sop_instance_uid: str) -> bool:
         return self.relpath_of(sop_instance_uid) is not None
 
+    def touch(self, sop_instance_uid: str, now: float | None = None) -> None:
+        """An instance was received again: its series version counts as active now (retention and idle
+        completion measure from the last instance received)."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE series SET last_received_at = MAX(last_received_at, ?) WHERE (series_uid, version) ="
+                " (SELECT series_uid, series_version FROM instances WHERE sop_instance_uid = ?)",
+                (now, sop_instance_uid))
+
     def relpath_of(self, sop_instance_uid: str) -> str | None:
         """Where the stored instance lies under the spool; None if it is not stored."""
         row = self.db.connection.execute(

@@ -55,7 +55,7 @@ from dicom_node.qr_move import MoveService
 from dicom_node.query import PATIENT_ROOT, STUDY_ROOT
 from dicom_node.sockets import set_tcp_nodelay
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
-from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, store_durably
+from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, place, write_temp
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,9 @@ class DicomScp:
         self._server: Any = None
         self._stats: dict[int, _AssociationStats] = {}
         self._stats_lock = threading.Lock()
+        # Held from "is this UID indexed?" to "indexed", and by retention while it forgets and deletes a
+        # series: a re-sent instance is never acknowledged into a file retention is about to delete.
+        self.spool_guard = threading.Lock()
 
     def _build_ae(self) -> AE:
         s = self.settings
@@ -427,48 +430,60 @@ class DicomScp:
             except PixelDecodeError as exc:
                 return fail(status.CANNOT_UNDERSTAND_PIXEL_DATA, f"pixel data: {exc}")
 
-        def duplicate(stored: Path) -> StoreOutcome:
-            """The instance is stored already: Success if it is the same object, else refused (kept as is)."""
-            if same_instance(stored, ts, dataset_bytes, ds):
-                log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid,
-                          calling_ae=calling_ae)
-                return StoreOutcome(status.SUCCESS, series_uid=series_uid)
-            return fail(status.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with other content")
+        def duplicate() -> StoreOutcome | None:
+            """With the spool guard held: None if the UID is not stored; else Success if the stored object
+            is this one (its series' retention clock restarts: it was just received again), else refused
+            and the stored object kept."""
+            known = self.index.relpath_of(ds_instance)
+            if known is None:
+                return None
+            if not same_instance(self.spool.root / known, ts, dataset_bytes, ds):
+                return fail(status.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with other content")
+            self.index.touch(ds_instance)
+            log_event(logger, "store.duplicate", sop_instance=ds_instance, series=series_uid, calling_ae=calling_ae)
+            return StoreOutcome(status.SUCCESS, series_uid=series_uid)
 
-        known = self.index.relpath_of(ds_instance)
-        if known is not None:
-            return duplicate(self.spool.root / known)
+        if self.index.contains(ds_instance):  # a re-send, answered without writing anything
+            with self.spool_guard:
+                outcome = duplicate()
+            if outcome is not None:
+                return outcome
 
         if free_bytes(self.spool.root) - len(dataset_bytes) < self.settings.min_free_bytes:
             return fail(status.OUT_OF_RESOURCES, "storage nearly full: instance refused")
 
         path = self.spool.instance_path(study_uid, series_uid, ds_instance)
         meta = encode_file_meta(ds_class, ds_instance, ts, source_ae_title=calling_ae)
-        try:
-            size = store_durably(path, [meta, dataset_bytes], fsync=self.settings.fsync, exclusive=True)
-        except FileExistsError:  # a concurrent store of this instance came first (it indexes the file)
-            return duplicate(path)
+        tmp, size = write_temp(path, [meta, dataset_bytes], fsync=self.settings.fsync)
         relpath = path.relative_to(self.spool.root).as_posix()
-        version = self.index.record(
-            InstanceRecord(
-                sop_instance_uid=ds_instance,
-                sop_class_uid=ds_class,
-                transfer_syntax_uid=str(ts),
-                study_uid=study_uid,
-                series_uid=series_uid,
-                modality=modality,
-                is_image=is_image,
-                relpath=relpath,
-                size=size,
-                calling_ae=calling_ae,
-                called_ae=called_ae,
-            ),
-            catalog=CatalogEntry.from_dataset(ds, transfer_syntax_uid=str(ts), store="spool", relpath=relpath,
-                                              size=size),
-        )
-        if version is None:  # meanwhile indexed under another study or series: that file is the record
-            path.unlink(missing_ok=True)
-            return fail(status.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored in another series")
+        try:
+            # Checked, placed and indexed as one step against other stores of this UID and retention:
+            # an indexed file is the acknowledged object and is never replaced; a file without an index
+            # row was never acknowledged (a crash before indexing) and is replaced.
+            with self.spool_guard:
+                outcome = duplicate()
+                if outcome is not None:
+                    return outcome
+                place(tmp, path, fsync=self.settings.fsync)
+                version = self.index.record(
+                    InstanceRecord(
+                        sop_instance_uid=ds_instance,
+                        sop_class_uid=ds_class,
+                        transfer_syntax_uid=str(ts),
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        modality=modality,
+                        is_image=is_image,
+                        relpath=relpath,
+                        size=size,
+                        calling_ae=calling_ae,
+                        called_ae=called_ae,
+                    ),
+                    catalog=CatalogEntry.from_dataset(ds, transfer_syntax_uid=str(ts), store="spool",
+                                                      relpath=relpath, size=size),
+                )
+        finally:
+            tmp.unlink(missing_ok=True)
         if self.decoded is not None and frame is not None and frame.shape[0] == 1:
             self.decoded.put(ds_instance, frame[0])
         log_event(logger, "store.accepted", level=logging.DEBUG, sop_instance=ds_instance, series=series_uid,

@@ -72,11 +72,10 @@ def _make_dirs_durably(path: Path) -> None:
         _fsync_dir(d.parent)
 
 
-def store_durably(path: Path, chunks: bytes | memoryview | list[bytes | memoryview], *, fsync: bool = True,
-                  exclusive: bool = False) -> int:
-    """Write the chunks to `path` atomically and durably; return the number of bytes written. `exclusive`:
-    never replace an existing file (FileExistsError), so of two concurrent writers of one path the first
-    keeps its file and the second learns it lost (a rename would silently replace acknowledged data)."""
+def write_temp(path: Path, chunks: bytes | memoryview | list[bytes | memoryview], *, fsync: bool = True,
+               ) -> tuple[Path, int]:
+    """Write the chunks durably to a temp file beside `path`; (the temp file, bytes written). `place` puts
+    it at `path`: the slow part (write, fsync) runs before any lock a caller takes around placing it."""
     _make_dirs_durably(path.parent)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident():x}{TMP_SUFFIX}")
     parts = chunks if isinstance(chunks, list) else [chunks]
@@ -96,15 +95,23 @@ def store_durably(path: Path, chunks: bytes | memoryview | list[bytes | memoryvi
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    if exclusive:
-        try:
-            os.link(tmp, path)  # atomic, and fails where the path exists
-        finally:
-            tmp.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, path)
+    return tmp, size
+
+
+def place(tmp: Path, path: Path, *, fsync: bool = True) -> None:
+    """Rename a temp file from `write_temp` into place, atomically, and make the rename durable."""
+    os.replace(tmp, path)
     if fsync:
         _fsync_dir(path.parent)
+
+
+def store_durably(path: Path, chunks: bytes | memoryview | list[bytes | memoryview], *, fsync: bool = True) -> int:
+    """Write the chunks to `path` atomically and durably; return the number of bytes written."""
+    tmp, size = write_temp(path, chunks, fsync=fsync)
+    try:
+        place(tmp, path, fsync=fsync)
+    finally:
+        tmp.unlink(missing_ok=True)
     return size
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pydicom
@@ -398,3 +399,63 @@ def test_concurrent_stores_of_one_uid_keep_exactly_the_acknowledged_object(tmp_p
         assert all(stored.endswith(variants[i]) for i in ok)  # every Success names the object kept
         assert len([p for p in (tmp_path / "spool").rglob(f"{uid}.dcm")]) == 1
         assert not list((tmp_path / "spool").rglob("*.tmp"))
+
+
+def _old_complete_series(tmp_path, db):
+    """Three stored instances in a complete series whose last instance arrived ten days ago."""
+    from dicom_node.scp import DicomScp, ScpSettings
+
+    files = write_ct_series(make_phantom((3, 16, 16), (1, 1, 1)).hu, tmp_path / "src", spacing=(1, 1, 1))
+    index = InstanceIndex(db)
+    JobQueue(db)
+    scp = DicomScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), index)
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert scp.store(_dataset_body(f), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status == 0
+    with db.transaction() as conn:
+        conn.execute("UPDATE series SET state = 'complete', last_received_at = last_received_at - 10 * 86400")
+    return scp, index, files
+
+
+def _resend(scp, f) -> int:
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    return scp.store(_dataset_body(f), ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID).status
+
+
+def test_an_old_instance_sent_again_restarts_its_series_retention_clock(tmp_path, db):
+    from appliance.retention import sweep
+
+    scp, index, files = _old_complete_series(tmp_path, db)
+    assert _resend(scp, files[0]) == 0
+    report = sweep(db, scp.spool.root, tmp_path / "results", parse_config("").retention, guard=scp.spool_guard)
+    assert report.series_deleted == 0 and index.counts()["instances"] == 3
+
+
+def test_an_instance_acknowledged_while_retention_runs_is_never_deleted_after(tmp_path, db, monkeypatch):
+    """The instance is re-sent just as retention forgets its series, before the files go (the window is
+    widened to 0.3 s): it must end up indexed and on disk, never acknowledged and then deleted."""
+    import threading
+
+    from appliance import retention as retention_module
+
+    scp, index, files = _old_complete_series(tmp_path, db)
+    forgetting = threading.Event()
+    real_forget = InstanceIndex.forget_series_in
+
+    def slow_forget(conn, series_uid):  # noqa: ANN001, ANN202 - InstanceIndex.forget_series_in
+        relpaths = real_forget(conn, series_uid)
+        forgetting.set()
+        time.sleep(0.3)
+        return relpaths
+
+    monkeypatch.setattr(retention_module.InstanceIndex, "forget_series_in", staticmethod(slow_forget))
+    statuses: list[int] = []
+    resend = threading.Thread(target=lambda: (forgetting.wait(5), statuses.append(_resend(scp, files[0]))))
+    resend.start()
+    sweep_report = retention_module.sweep(db, scp.spool.root, tmp_path / "results", parse_config("").retention,
+                                          guard=scp.spool_guard)
+    resend.join()
+    assert sweep_report.series_deleted == 1 and statuses == [0]
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+    relpath = index.relpath_of(uid)
+    assert relpath is not None and (scp.spool.root / relpath).exists()
