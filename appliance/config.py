@@ -165,6 +165,10 @@ class SeriesConfig(_Strict):
 class RetentionConfig(_Strict):
     instances_days: float = Field(7.0, gt=0, description="keep received instances this long after processing")
     results_days: float = Field(30.0, gt=0)
+    evict_margin_mb: int = Field(1024, ge=0, description="when free disk falls within this much of "
+                                 "storage.min_free_mb, delete the received instances of the series processed "
+                                 "and delivered longest ago first, before the node refuses new ones "
+                                 "(0: by age only)")
 
 
 class ProcessingConfig(_Strict):

@@ -198,6 +198,11 @@ class Node:
             log_event(logger, "web.not_started", level=logging.ERROR, port=self.config.web.port,
                       reason=exc.strerror or type(exc).__name__)
 
+    def _evict_below_bytes(self) -> int:
+        """Free space below which retention evicts delivered series: a margin above the refusal floor."""
+        margin = self.config.retention.evict_margin_mb
+        return (self.config.storage.min_free_mb + margin) * 1024 * 1024 if margin else 0
+
     def _workers_alive(self) -> tuple[int, int]:
         return sum(w.is_alive() for w in self.workers), self.config.processing.workers
 
@@ -227,7 +232,7 @@ class Node:
                 next_sweep = time.monotonic() + RETENTION_INTERVAL_S
                 try:
                     sweep(self.db, self.spool.root, self.config.results_dir, self.config.retention,
-                          guard=self.scp.spool_guard)
+                          guard=self.scp.spool_guard, evict_below_bytes=self._evict_below_bytes())
                 except Exception:
                     logger.exception("retention.error")
             self._stop.wait(COMPLETION_POLL_S)

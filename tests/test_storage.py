@@ -459,3 +459,65 @@ def test_an_instance_acknowledged_while_retention_runs_is_never_deleted_after(tm
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
     relpath = index.relpath_of(uid)
     assert relpath is not None and (scp.spool.root / relpath).exists()
+
+
+def _series_with_history(tmp_path, db, name: str, age_days: float, history: str) -> str:
+    """A complete series of three instances received `age_days` ago, whose job is `history`: done and
+    delivered, done with its delivery pending, failed, or none (stored only)."""
+    from appliance.outbox import Destination, Outbox, OutboxFile
+    from dicom_node.scp import DicomScp, ScpSettings
+
+    files = write_ct_series(make_phantom((3, 16, 16), (1, 1, 1)).hu, tmp_path / name, spacing=(1, 1, 1))
+    index, jobs, outbox = InstanceIndex(db), JobQueue(db), Outbox(db, tmp_path / "results")
+    scp = DicomScp(ScpSettings(min_free_bytes=0), SpoolLayout(tmp_path / "spool"), index)
+    for f in files:
+        assert _resend(scp, f) == 0
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    with db.transaction() as conn:
+        conn.execute("UPDATE series SET state = 'complete', last_received_at = ? WHERE series_uid = ?",
+                     (time.time() - age_days * 86400, series_uid))
+    if history != "none":
+        job_id = jobs.enqueue(kind="process_series", series_uid=series_uid, series_version=1, mode="preview")
+        job = jobs.claim("w", lease_s=60)
+        if history == "failed":
+            jobs.fail(job.id, "w", "boom", retryable=False)
+        else:
+            jobs.complete(job.id, "w", {})
+            outbox.enqueue(destination=Destination("PACS", "PACS", "127.0.0.1", 104), job_id=job_id,
+                           files=[OutboxFile(f"{series_uid}/v1-preview/surfaces.dcm", "1.2.840.10008.5.1.4.1.1.66.5",
+                                             f"9.{job_id}")])
+            if history == "delivered":
+                with db.transaction() as conn:
+                    conn.execute("UPDATE outbox SET state = 'done' WHERE job_id = ?", (job_id,))
+    return series_uid
+
+
+def test_under_disk_pressure_the_oldest_delivered_series_go_first_and_undelivered_work_never(tmp_path, db):
+    from appliance.retention import sweep
+
+    uids = {history: _series_with_history(tmp_path, db, history, age_days, history)
+            for history, age_days in (("delivered", 4), ("pending", 3), ("failed", 2), ("none", 1))}
+    spool = tmp_path / "spool"
+
+    def free_space() -> int:  # every stored instance takes 100 bytes of a 10,000-byte disk
+        return 10_000 - 100 * len(list(spool.rglob("*.dcm")))
+
+    report = sweep(db, spool, tmp_path / "results", parse_config("").retention, evict_below_bytes=9_400,
+                   free_space=free_space)
+    left = {r["series_uid"] for r in db.connection.execute("SELECT DISTINCT series_uid FROM instances")}
+    assert left == {uids["pending"], uids["failed"]}  # oldest first: delivered, then stored-only
+    assert report.series_evicted == 2 and free_space() == 9_400
+    report = sweep(db, spool, tmp_path / "results", parse_config("").retention, evict_below_bytes=10_000,
+                   free_space=free_space)
+    assert report.series_evicted == 0  # what is left is undelivered or failed: kept even now
+
+
+def test_old_finished_jobs_and_acknowledged_deliveries_are_pruned_with_their_series(tmp_path, db):
+    from appliance.retention import sweep
+
+    uid = _series_with_history(tmp_path, db, "old", 10, "delivered")
+    later = time.time() + 40 * 86400
+    report = sweep(db, tmp_path / "spool", tmp_path / "results", parse_config("").retention, now=later)
+    assert report.series_deleted == 1 and report.records_pruned == 2
+    assert not db.connection.execute("SELECT 1 FROM jobs WHERE series_uid = ?", (uid,)).fetchone()
+    assert not db.connection.execute("SELECT 1 FROM outbox").fetchone()
