@@ -24,15 +24,24 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - AppConfig, imported laz
                           destinations=getattr(args, "destination", None), web_port=web_port)
 
 
+def _operator_clock(db):  # noqa: ANN001, ANN202 - Database -> SteadyClock, imported lazily
+    """An operator action stamps rows no earlier than the newest stored time (the node's clock never is),
+    so a retry made while the wall clock is still in 1970 is not taken as decades old."""
+    from dicom_node.clock import SteadyClock, stored_time_floor
+
+    return SteadyClock(stored_time_floor(db))
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from appliance.inference.bundle import BundleError
     from appliance.node import DataDirLockedError, serve
+    from dicom_node.tls import TlsConfigError
 
     config = _config(args)
     configure_logging(config.logging.level)
     try:
         return serve(config)
-    except (DataDirLockedError, BundleError, ConfigError) as exc:
+    except (DataDirLockedError, BundleError, ConfigError, TlsConfigError) as exc:
         print(f"isonode: {exc}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:
@@ -87,10 +96,12 @@ def _cmd_series_complete(args: argparse.Namespace) -> int:
 
     config = _config(args)
     db = Database(config.database_path)
-    index = InstanceIndex(db)
-    jobs = JobQueue(db, max_attempts=config.processing.max_attempts)
+    clock = _operator_clock(db)
+    index = InstanceIndex(db, clock=clock)
+    jobs = JobQueue(db, max_attempts=config.processing.max_attempts, clock=clock)
     router = Router(config, index, config.spool_dir)
-    version = SeriesCompletion(index, jobs, config.series, router.modes).complete_now(args.series_uid)
+    completion = SeriesCompletion(index, jobs, config.series, router.modes, clock=clock)
+    version = completion.complete_now(args.series_uid)
     if version is None:
         print(f"isonode: series {args.series_uid} has no version receiving instances", file=sys.stderr)
         return 1
@@ -102,7 +113,8 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     from appliance.jobs import JobQueue
     from dicom_node.database import Database
 
-    jobs = JobQueue(Database(_config(args).database_path))
+    db = Database(_config(args).database_path)
+    jobs = JobQueue(db, clock=_operator_clock(db))
     if args.jobs_command == "retry":
         if not jobs.retry(args.job_id):
             print(f"isonode: job {args.job_id} is not failed", file=sys.stderr)
@@ -142,7 +154,8 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     from dicom_node.database import Database
 
     config = _config(args)
-    outbox = make_outbox(Database(config.database_path), config)
+    db = Database(config.database_path)
+    outbox = make_outbox(db, config, _operator_clock(db))
     if args.outbox_command == "retry":
         if not outbox.retry(args.delivery_id):
             print(f"isonode: delivery {args.delivery_id} is not failed", file=sys.stderr)

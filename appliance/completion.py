@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from appliance.config import SeriesConfig
 from appliance.jobs import PROCESS_SERIES, JobQueue
+from dicom_node.clock import Clock
 from dicom_node.index import InstanceIndex, SeriesVersion
 from dicom_node.logfmt import log_event
 
@@ -25,11 +26,13 @@ ModesFor = Callable[[SeriesVersion], tuple[str, ...]]
 
 
 class SeriesCompletion:
-    """`modes_for` says which processing modes a completed version gets (routing), in the order they run."""
+    """`modes_for` says which processing modes a completed version gets (routing), in the order they run;
+    `clock` measures idle time on the clock that stamped the receive times (the node's steady clock)."""
 
     def __init__(self, index: InstanceIndex, jobs: JobQueue, config: SeriesConfig, modes_for: ModesFor,
-                 on_queued: Callable[[], None] | None = None) -> None:
+                 on_queued: Callable[[], None] | None = None, *, clock: Clock = time.time) -> None:
         self.index = index
+        self.clock = clock
         self.jobs = jobs
         self.config = config
         self.modes_for = modes_for
@@ -64,7 +67,7 @@ class SeriesCompletion:
         or by idle time)."""
         if not self.config.complete_on_release_for(calling_ae, called_ae):
             return []
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         done = []
         for uid in series_uids:
             sv = self.index.latest_version(uid)
@@ -74,7 +77,7 @@ class SeriesCompletion:
 
     def complete_idle(self, now: float | None = None) -> list[tuple[str, int]]:
         """Complete every receiving series whose idle time has passed; the (series, version) completed."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         done = []
         for sv in self.index.receiving_series():
             timeout = self.config.timeout_for(sv.calling_ae, sv.called_ae)
@@ -87,4 +90,4 @@ class SeriesCompletion:
         sv = self.index.latest_version(series_uid)
         if sv is None or sv.state != "receiving":
             return None
-        return sv.version if self._complete(sv, "operator", time.time()) else None
+        return sv.version if self._complete(sv, "operator", self.clock()) else None

@@ -59,6 +59,25 @@ class PeerConfig(_Strict):
         return self
 
 
+class NodeTlsConfig(_Strict):
+    """DICOM TLS (PS3.15 B.1): on `port` beside plain TCP on node.port, or, without `port`, on node.port
+    instead of plain TCP. With `ca_certificates`, senders' certificates are verified against them."""
+
+    certificate: Path = Field(description="PEM certificate (chain) of this node")
+    private_key: Path = Field(description="PEM private key of the certificate")
+    ca_certificates: Path | None = Field(None, description="PEM CA certificates that senders' certificates "
+                                         "must chain to")
+    require_peer_certificate: bool = Field(False, description="refuse senders without a valid certificate")
+    port: int | None = Field(None, ge=1, le=65535, description="TLS port beside plain TCP; unset: TLS only, "
+                             "on node.port")
+
+    @model_validator(mode="after")
+    def _ca_for_peers(self) -> NodeTlsConfig:
+        if self.require_peer_certificate and self.ca_certificates is None:
+            raise ValueError("require_peer_certificate needs ca_certificates to verify senders against")
+        return self
+
+
 class NodeConfig(_Strict):
     ae_title: str = "ISONODE"
     port: int = Field(11112, ge=1, le=65535)
@@ -68,6 +87,7 @@ class NodeConfig(_Strict):
     max_associations_per_peer: int = Field(8, ge=1, le=256, description="associations one address may hold "
                                            "open at once (idle ones end after network_timeout_s)")
     allowed_peers: list[PeerConfig] = Field(default_factory=list)
+    tls: NodeTlsConfig | None = None
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(120.0, gt=0)
     poll_interval_ms: float = Field(0.2, ge=0.05, le=5.0, description="network poll sleep: lower is faster, "
@@ -88,6 +108,12 @@ class NodeConfig(_Strict):
     @classmethod
     def _peer_addresses(cls, v: list[PeerConfig]) -> list[PeerConfig]:
         return _with_addresses(v)
+
+    @model_validator(mode="after")
+    def _tls_port(self) -> NodeConfig:
+        if self.tls is not None and self.tls.port == self.port:
+            raise ValueError("tls.port is node.port: leave tls.port unset for TLS only on node.port")
+        return self
 
 
 def _with_addresses(peers: list[PeerConfig]) -> list[PeerConfig]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dicom_node.clock import Clock
 from dicom_node.database import Database
 
 SCHEMA_VERSION = 2
@@ -97,8 +98,13 @@ class LeaseLostError(RuntimeError):
 
 
 class JobQueue:
-    def __init__(self, db: Database, *, max_attempts: int = 3, retry_backoff_s: float = 10.0) -> None:
+    """`clock` times leases and backoff: the node passes its steady clock, so a wall-clock step neither
+    expires every lease nor holds a retry back."""
+
+    def __init__(self, db: Database, *, max_attempts: int = 3, retry_backoff_s: float = 10.0,
+                 clock: Clock = time.time) -> None:
         self.db = db
+        self.clock = clock
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
         db.ensure_schema("jobs", SCHEMA_VERSION, SCHEMA)
@@ -116,14 +122,14 @@ class JobQueue:
         return cur.lastrowid if cur.rowcount == 1 else None
 
     def enqueue(self, *, kind: str, series_uid: str, series_version: int, mode: str = "full") -> int | None:
-        now = time.time()
+        now = self.clock()
         with self.db.transaction() as conn:
             return self.enqueue_in(conn, kind=kind, series_uid=series_uid, series_version=series_version,
                                    mode=mode, max_attempts=self.max_attempts, now=now)
 
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> Job | None:
         """Take the oldest runnable job (queued and due, or running with an expired lease)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.db.transaction() as conn:
             while True:
                 row = conn.execute(CLAIMABLE, (now, now)).fetchone()
@@ -154,7 +160,7 @@ class JobQueue:
                 also(conn)
 
     def renew(self, job_id: int, owner: str, lease_s: float) -> None:
-        now = time.time()
+        now = self.clock()
         self._update_owned(job_id, owner, "UPDATE jobs SET lease_expires_at = ?, updated_at = ?",
                            (now + lease_s, now))
 
@@ -165,7 +171,7 @@ class JobQueue:
                          " WHERE id = ? ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,"
                          " stages = excluded.stages", (json.dumps(stages), job_id))
 
-        self._update_owned(job_id, owner, "UPDATE jobs SET updated_at = ?", (time.time(),), upsert)
+        self._update_owned(job_id, owner, "UPDATE jobs SET updated_at = ?", (self.clock(),), upsert)
 
     def complete(self, job_id: int, owner: str, result: dict[str, Any],
                  also: Callable[[sqlite3.Connection], None] | None = None) -> None:
@@ -175,12 +181,12 @@ class JobQueue:
             job_id, owner,
             "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?,"
             " result = ?, last_error = NULL",
-            (time.time(), json.dumps(result)), also,
+            (self.clock(), json.dumps(result)), also,
         )
 
     def fail(self, job_id: int, owner: str, error: str, *, retryable: bool) -> str:
         """Record a failure; a retryable one goes back to the queue with backoff until attempts run out."""
-        now = time.time()
+        now = self.clock()
         with self.db.transaction() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
                                (job_id, owner)).fetchone()
@@ -197,11 +203,12 @@ class JobQueue:
 
     def release(self, job_id: int, owner: str) -> None:
         """Give an interrupted job back without counting the attempt (clean shutdown)."""
+        now = self.clock()
         self._update_owned(
             job_id, owner,
             "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,"
             " lease_expires_at = NULL, not_before = ?, updated_at = ?",
-            (time.time(), time.time()),
+            (now, now),
         )
 
     def done_result_dirs(self) -> list[str]:
@@ -212,7 +219,7 @@ class JobQueue:
 
     def requeue_running(self) -> int:
         """At start-up of the only node on this database: every running job was orphaned by a crash."""
-        now = time.time()
+        now = self.clock()
         with self.db.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ?,"
@@ -222,13 +229,14 @@ class JobQueue:
             return cur.rowcount
 
     def retry(self, job_id: int) -> bool:
-        """Operator action: put a failed job back in the queue with fresh attempts."""
-        now = time.time()
+        """Operator action: put a failed job back in the queue with fresh attempts, due at once (0, not
+        'now': the CLI's clock may be ahead of the running node's after a wall-clock step)."""
+        now = self.clock()
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, updated_at = ?"
+                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?"
                 " WHERE id = ? AND state = 'failed'",
-                (now, now, job_id),
+                (now, job_id),
             )
             return cur.rowcount == 1
 

@@ -17,12 +17,13 @@ from appliance.completion import SeriesCompletion
 from appliance.config import AppConfig, PeerConfig
 from appliance.jobs import JobQueue
 from appliance.outbox import Outbox, OutboxSender
-from appliance.retention import sweep
+from appliance.retention import SweepReport, sweep
 from appliance.routing import Router
 from appliance.runtime import Runtime, build_runtime
 from appliance.worker import Worker, release_unfinished
 from dicom_node.access import AccessPolicy, PeerRule
 from dicom_node.catalog import StoredInstance
+from dicom_node.clock import Clock, SteadyClock, stored_time_floor
 from dicom_node.database import Database
 from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.index import InstanceIndex
@@ -33,6 +34,7 @@ from dicom_node.qr_move import MoveService
 from dicom_node.recovery import recover_catalog, recover_spool
 from dicom_node.scp import DicomScp, QueryRetrieveServices, ScpSettings, spool_layout
 from dicom_node.spool import store_durably
+from dicom_node.tls import TlsSettings
 
 if TYPE_CHECKING:
     from appliance.web.server import WebServer
@@ -78,6 +80,9 @@ def scp_settings(config: AppConfig) -> ScpSettings:
         dimse_timeout_s=n.dimse_timeout_s,
         network_timeout_s=n.network_timeout_s,
         poll_interval_s=n.poll_interval_ms / 1000.0,
+        tls=None if n.tls is None else TlsSettings(n.tls.certificate, n.tls.private_key, n.tls.ca_certificates,
+                                                   n.tls.require_peer_certificate),
+        tls_port=None if n.tls is None else n.tls.port,
     )
 
 
@@ -109,27 +114,43 @@ def query_retrieve_services(config: AppConfig, index: InstanceIndex) -> QueryRet
     )
 
 
-def make_outbox(db: Database, config: AppConfig) -> Outbox:
-    return Outbox(db, config.results_dir)
+def make_outbox(db: Database, config: AppConfig, clock: Clock = time.time) -> Outbox:
+    return Outbox(db, config.results_dir, clock=clock)
+
+
+def anchored_clock(db: Database) -> SteadyClock:
+    """The node's one clock, read before anything writes: never behind the newest stored time (a Jetson
+    may boot in 1970 until NTP steps it), then monotonic, so a step while the node runs changes nothing."""
+    clock = SteadyClock(stored_time_floor(db))
+    if clock.anchor > clock.wall_at_anchor:
+        log_event(logger, "clock.anchored", level=logging.WARNING, wall=clock.wall_at_anchor,
+                  anchor=clock.anchor, behind_s=round(clock.anchor - clock.wall_at_anchor, 3),
+                  note="the wall clock is behind the newest stored time: NTP not synced yet? "
+                       "using the stored time")
+    else:
+        log_event(logger, "clock.anchored", wall=clock.wall_at_anchor, anchor=clock.anchor)
+    return clock
 
 
 class Node:
     """One appliance: the SCP receives, completion queues jobs by route, workers run the pipeline with the
     runtime chosen at start, the outbox sender delivers; all state in one SQLite database."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, *, clock: Clock | None = None) -> None:
         self.config = config
         self._lock_fd = _lock_data_dir(config.data_dir)
         self.db = Database(config.database_path)
-        self.index = InstanceIndex(self.db)
+        # every stored time, lease and deadline of this node; a test passes a clock it can step
+        self.clock = anchored_clock(self.db) if clock is None else clock
+        self.index = InstanceIndex(self.db, clock=self.clock)
         self.jobs = JobQueue(self.db, max_attempts=config.processing.max_attempts,
-                             retry_backoff_s=config.processing.retry_backoff_s)
-        self.outbox = make_outbox(self.db, config)
+                             retry_backoff_s=config.processing.retry_backoff_s, clock=self.clock)
+        self.outbox = make_outbox(self.db, config, self.clock)
         self.spool = spool_layout(config.spool_dir)
         self.router = Router(config, self.index, self.spool.root)
         self.work_ready = threading.Event()
         self.completion = SeriesCompletion(self.index, self.jobs, config.series, self.router.modes,
-                                           on_queued=self.work_ready.set)
+                                           on_queued=self.work_ready.set, clock=self.clock)
         self.decoded = DecodedFrames(config.processing.decoded_cache_mb * 1024 * 1024)
         self.scp = DicomScp(scp_settings(config), self.spool, self.index, on_released=self._on_released,
                             decoded=self.decoded, query_retrieve=query_retrieve_services(config, self.index))
@@ -137,7 +158,7 @@ class Node:
         self.sender = OutboxSender(self.outbox, calling_ae_title=config.node.ae_title,
                                    backoff_base_s=ob.retry_base_s, backoff_cap_s=ob.retry_max_s,
                                    max_status_failures=ob.max_failure_statuses, max_age_s=ob.max_age_h * 3600.0,
-                                   max_pdu_size=config.node.max_pdu_size)
+                                   max_pdu_size=config.node.max_pdu_size, clock=self.clock)
         self.runtime: Runtime | None = None
         self.workers: list[Worker] = []
         self.web: WebServer | None = None
@@ -190,7 +211,7 @@ class Node:
             return
         from appliance.web.server import WebServer  # web -> status -> node: imported when used
 
-        self.web = WebServer(self.config, workers_alive=self._workers_alive)
+        self.web = WebServer(self.config, workers_alive=self._workers_alive, clock=self.clock)
         try:
             self.web.start()
         except OSError as exc:
@@ -209,7 +230,7 @@ class Node:
     def _make_worker(self, name: str) -> Worker:
         return Worker(name, self.jobs, self.index, self.spool.root, self.config, self.runtime, self.router,
                       self.outbox, wake=self.work_ready, on_delivery_queued=self.sender.notify,
-                      decoded=self.decoded.get)
+                      decoded=self.decoded.get, clock=self.clock)
 
     def _replace_dead_workers(self) -> None:
         """A worker thread that ended anyway (a bug) is replaced, so queued studies never wait forever."""
@@ -219,6 +240,12 @@ class Node:
                 fresh = self._make_worker(w.name)
                 self.workers[i] = fresh
                 fresh.start()
+
+    def sweep_retention(self) -> SweepReport:
+        """Age is measured on the node's clock, the one that stamped the series: a wall-clock step must not
+        make a series received a minute ago look a year old."""
+        return sweep(self.db, self.spool.root, self.config.results_dir, self.config.retention, now=self.clock(),
+                     guard=self.scp.spool_guard, evict_below_bytes=self._evict_below_bytes())
 
     def run_until_stopped(self) -> None:
         next_sweep = time.monotonic()
@@ -231,8 +258,7 @@ class Node:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + RETENTION_INTERVAL_S
                 try:
-                    sweep(self.db, self.spool.root, self.config.results_dir, self.config.retention,
-                          guard=self.scp.spool_guard, evict_below_bytes=self._evict_below_bytes())
+                    self.sweep_retention()
                 except Exception:
                     logger.exception("retention.error")
             self._stop.wait(COMPLETION_POLL_S)

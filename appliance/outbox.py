@@ -27,6 +27,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from dicom_node.clock import Clock
 from dicom_node.database import Database
 from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID
@@ -183,10 +184,12 @@ def _dest_params(d: Destination) -> tuple[str, str, str, int]:
 
 
 class Outbox:
-    """The durable rows and their state transitions; `OutboxSender` does the network part."""
+    """The durable rows and their state transitions; `OutboxSender` does the network part. `clock` stamps
+    the rows its own methods change (the node's steady clock, the one backoff and expiry measure with)."""
 
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, *, clock: Clock = time.time) -> None:
         self.db = db
+        self.clock = clock
         self.root = Path(root)
         self._listeners: list[Callable[[], None]] = []
         db.ensure_schema("outbox", SCHEMA_VERSION, SCHEMA)
@@ -215,7 +218,7 @@ class Outbox:
         """Add rows in their own transaction and wake the sender."""
         with self.db.transaction() as conn:
             ids = self.enqueue_in(conn, destination=destination, files=files, job_id=job_id,
-                                  priority=priority, now=time.time())
+                                  priority=priority, now=self.clock())
         self.notify()
         return ids
 
@@ -329,13 +332,14 @@ class Outbox:
     # --- operator API --------------------------------------------------------------------------------------
 
     def retry(self, delivery_id: int) -> bool:
-        """Operator action: a failed row goes back to pending with fresh attempts and a fresh age."""
-        now = time.time()
+        """Operator action: a failed row goes back to pending with fresh attempts and a fresh age, due at
+        once (0, not 'now': the CLI's clock may be ahead of the running node's after a wall-clock step)."""
+        now = self.clock()
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, status_failures = 0, next_attempt_at = ?,"
+                "UPDATE outbox SET state = 'pending', attempts = 0, status_failures = 0, next_attempt_at = 0,"
                 " pending_since = ?, updated_at = ? WHERE id = ? AND state = 'failed'",
-                (now, now, now, delivery_id),
+                (now, now, delivery_id),
             )
         if cur.rowcount == 1:
             self.notify()
@@ -400,17 +404,20 @@ class OutboxSender:
     """Delivers pending rows: a supervisor thread (expiry, finds destinations) and one worker per destination.
 
     Only one sender should run on a database (rows are not leased; a second sender would send duplicates,
-    which at-least-once delivery tolerates but nobody wants).
+    which at-least-once delivery tolerates but nobody wants). `clock` times backoff and expiry, and its
+    destination workers use it too: a wall-clock step must neither expire every row nor stall retries.
     """
 
     def __init__(self, outbox: Outbox, *, calling_ae_title: str = "ISONODE", batch_size: int = 100,
                  poll_interval_s: float = 0.25, backoff_base_s: float = 5.0, backoff_cap_s: float = 600.0,
                  max_status_failures: int = 5, max_age_s: float | None = 7 * 86400.0,
                  connect_timeout_s: float = 10.0, acse_timeout_s: float = 30.0, dimse_timeout_s: float = 60.0,
-                 network_timeout_s: float = 60.0, max_pdu_size: int = 131072) -> None:
+                 network_timeout_s: float = 60.0, max_pdu_size: int = 131072,
+                 clock: Clock = time.time) -> None:
         if batch_size < 1 or max_status_failures < 1:
             raise ValueError("batch_size and max_status_failures must be at least 1")
         self.outbox = outbox
+        self.clock = clock
         self.policy = RetryPolicy(backoff_base_s, backoff_cap_s, max_status_failures)
         self.settings = SenderSettings(
             calling_ae_title=calling_ae_title, batch_size=batch_size, poll_interval_s=poll_interval_s,
@@ -469,7 +476,7 @@ class OutboxSender:
                 self._wake.clear()
                 try:
                     if s.max_age_s is not None:
-                        for name, ids in self.outbox.expire(s.max_age_s, now=time.time()).items():
+                        for name, ids in self.outbox.expire(s.max_age_s, now=self.clock()).items():
                             log_event(logger, "outbox.expired", level=logging.WARNING, destination=name,
                                       count=len(ids), ids=ids[:20], max_age_s=s.max_age_s)
                     for dest in self.outbox.pending_destinations():
@@ -496,6 +503,7 @@ class _DestinationWorker(threading.Thread):
         super().__init__(name=f"outbox-{dest.name}", daemon=True)
         self.sender = sender
         self.outbox = sender.outbox
+        self.clock = sender.clock
         self.dest = dest
         self.wake = threading.Event()
         self._assoc: Association | None = None
@@ -527,7 +535,7 @@ class _DestinationWorker(threading.Thread):
                   status=None if status is None else f"0x{status:04X}", reason=reason)
 
     def _fail(self, d: Delivery, reason: str) -> None:
-        if self.outbox.record_failed(d.id, reason, now=time.time()):
+        if self.outbox.record_failed(d.id, reason, now=self.clock()):
             self._log_failed(d, reason)
 
     def _prepare(self, rows: list[Delivery]) -> list[_Item]:
@@ -592,7 +600,7 @@ class _DestinationWorker(threading.Thread):
                detail: str | None = None) -> None:
         """Record and log an undelivered attempt; the peer's free-text `detail` goes to the row, not the log."""
         stored = f"{reason}: {detail}" if detail else reason
-        outcomes = self.outbox.record_retry(ids, reason=stored, policy=self.sender.policy, now=time.time(),
+        outcomes = self.outbox.record_retry(ids, reason=stored, policy=self.sender.policy, now=self.clock(),
                                             status=status, status_failure=status_failure)
         pending = [o for o in outcomes if o.state == "pending"]
         if pending:
@@ -613,12 +621,12 @@ class _DestinationWorker(threading.Thread):
             return False
         self.wake.clear()
         self._last_check = now
-        return self.outbox.has_due_before(self.dest, priority=next_priority, now=time.time())
+        return self.outbox.has_due_before(self.dest, priority=next_priority, now=self.clock())
 
     def _send_batch(self) -> bool:
         """One association for up to batch_size due rows; returns False when nothing was due."""
         s = self.sender.settings
-        rows = self.outbox.due(self.dest, now=time.time(), limit=s.batch_size, max_age_s=s.max_age_s)
+        rows = self.outbox.due(self.dest, now=self.clock(), limit=s.batch_size, max_age_s=s.max_age_s)
         if not rows:
             return False
         items = self._prepare(rows)
@@ -689,7 +697,7 @@ class _DestinationWorker(threading.Thread):
             return False
         status = int(status)
         if status == STATUS_SUCCESS or status in WARNING_STATUSES:
-            self.outbox.record_delivered(d.id, status, now=time.time())
+            self.outbox.record_delivered(d.id, status, now=self.clock())
             tally["warning" if status else "done"] += 1
             tally["bytes"] += it.path.stat().st_size if it.path.exists() else 0
         else:

@@ -84,9 +84,24 @@ ORDER BY MAX(s.last_received_at)
 """
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
 def _has_outbox(conn: sqlite3.Connection) -> bool:
     """A node has one; a database that never delivered (a test, a store-only node) may not."""
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone() is not None
+    return _has_table(conn, "outbox")
+
+
+def _result_dir_times(db: Database) -> dict[str, float]:
+    """When each finished job's result folder was written, on the node's clock (the one `now` comes from):
+    a folder's mtime is wall-clock time, decades off on a Jetson that booted in 1970."""
+    conn = db.connection
+    if not _has_table(conn, "jobs"):
+        return {}
+    rows = conn.execute("SELECT json_extract(result, '$.result_dir') AS d, MAX(updated_at) AS t FROM jobs"
+                        " WHERE state = 'done' GROUP BY d")
+    return {r["d"]: r["t"] for r in rows if r["d"]}
 
 
 def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionConfig,
@@ -123,13 +138,15 @@ def sweep(db: Database, spool_root: Path, results_dir: Path, config: RetentionCo
     result_dirs = 0
     cutoff = now - config.results_days * DAY_S
     undelivered = _undelivered_result_dirs(db)
+    written_at = _result_dir_times(db)
     if results_dir.exists():
         for version_dir in results_dir.glob("*/*"):
-            if version_dir.relative_to(results_dir).as_posix() in undelivered:
+            rel = version_dir.relative_to(results_dir).as_posix()
+            if rel in undelivered or not version_dir.is_dir():
                 continue
-            if version_dir.is_dir() and version_dir.stat().st_mtime < cutoff:
+            if written_at.get(rel, version_dir.stat().st_mtime) < cutoff:  # mtime: a folder no job names
                 with db.transaction() as tx:  # the catalog forgets it first: Q/R never offers a missing file
-                    Catalog.forget_folder_in(tx, "results", version_dir.relative_to(results_dir).as_posix())
+                    Catalog.forget_folder_in(tx, "results", rel)
                 shutil.rmtree(version_dir, ignore_errors=True)
                 _remove_empty_parents(version_dir, results_dir)
                 result_dirs += 1

@@ -19,6 +19,7 @@ from appliance.pipeline import OutputPlan, PipelineOutput, run_pipeline, write_r
 from appliance.routing import Router
 from appliance.runtime import Runtime
 from dicom_node.catalog import Catalog, CatalogEntry
+from dicom_node.clock import Clock
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
 from dicom_node.pixels import PixelDecodeError
@@ -37,10 +38,12 @@ PRIORITY = {"preview": 0, "full": 1}  # outbox order: a preview never waits behi
 
 class StageClock:
     """Times the pipeline's stages as they start and records them with the job, so the bedside page shows
-    per-stage progress. Progress is a display: a failed report is logged and the job goes on."""
+    per-stage progress. Progress is a display: a failed report is logged and the job goes on. `started_at`
+    comes from the node's clock, the one the web API reports as its time, against which the page counts."""
 
-    def __init__(self, report: Callable[[list[dict]], None]) -> None:
+    def __init__(self, report: Callable[[list[dict]], None], clock: Clock = time.time) -> None:
         self._report = report
+        self._clock = clock
         self.stages: list[dict] = []
         self._t0 = 0.0
 
@@ -59,7 +62,7 @@ class StageClock:
     def start(self, name: str) -> None:
         self._close_last()
         self._t0 = time.perf_counter()
-        self.stages.append({"name": name, "started_at": time.time(), "seconds": None})
+        self.stages.append({"name": name, "started_at": self._clock(), "seconds": None})
         self._send()
 
     def finish(self) -> None:
@@ -81,11 +84,14 @@ def output_plan(config: AppConfig, mode: str, route: Route | None) -> OutputPlan
 
 
 class Worker(threading.Thread):
+    """`clock` stamps the deliveries a finished job queues (the clock the sender's backoff and expiry use)."""
+
     def __init__(self, name: str, jobs: JobQueue, index: InstanceIndex, spool_root: Path, config: AppConfig,
                  runtime: Runtime, router: Router, outbox: Outbox, *, wake: threading.Event | None = None,
                  on_delivery_queued: Callable[[], None] | None = None, decoded: DecodedLookup | None = None,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, clock: Clock = time.time) -> None:
         super().__init__(name=name, daemon=True)
+        self.clock = clock
         self.jobs = jobs
         self.index = index
         self.spool_root = spool_root
@@ -148,21 +154,22 @@ class Worker(threading.Thread):
         renewer = threading.Thread(target=self._renew_until, args=(job, done), daemon=True)
         renewer.start()
         t0 = time.perf_counter()
-        clock = StageClock(lambda stages: self.jobs.report_stages(job.id, self.owner, stages))
+        stage_clock = StageClock(lambda stages: self.jobs.report_stages(job.id, self.owner, stages), self.clock)
         try:
             files = [self.spool_root / rel
                      for rel in self.index.series_files(job.series_uid, up_to_version=job.series_version)]
             sv = self.index.version(job.series_uid, job.series_version)
             route = self.router.route(sv) if sv is not None else None
             output = run_pipeline(files, self.runtime, output_plan(self.config, job.mode, route), self.decoded,
-                                  max_voxels=self.config.processing.max_volume_voxels, on_stage=clock.start)
-            clock.start("write")
+                                  max_voxels=self.config.processing.max_volume_voxels,
+                                  on_stage=stage_clock.start)
+            stage_clock.start("write")
             t = time.perf_counter()
             out_dir = self.results_dir / job.series_uid / f"v{job.series_version}-{job.mode}"
             write_results(out_dir, output.objects, fsync=self.config.storage.fsync, replace=True)
             output.timings["write_s"] = time.perf_counter() - t
             output.timings["total_s"] = time.perf_counter() - t0
-            clock.finish()
+            stage_clock.finish()
         except LeaseLostError:
             done.set()
             log_event(logger, "job.lease_lost", level=logging.ERROR, job=job.id)
@@ -191,7 +198,7 @@ class Worker(threading.Thread):
         def queue_deliveries(conn) -> None:  # noqa: ANN001 - sqlite3.Connection, same transaction as complete
             for entry in catalogued:  # a result is retrievable (Q/R) from the moment its job is done
                 Catalog.record_in(conn, entry)
-            now = time.time()
+            now = self.clock()
             for dest in destinations:
                 if deliveries:
                     self.outbox.enqueue_in(conn, destination=dest, files=deliveries, job_id=job.id,

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from dicom_node.catalog import Catalog, CatalogEntry
+from dicom_node.clock import Clock
 from dicom_node.database import Database
 
 SCHEMA_VERSION = 1
@@ -97,8 +98,11 @@ def _series_from_row(row: sqlite3.Row) -> SeriesVersion:
 
 
 class InstanceIndex:
-    def __init__(self, db: Database) -> None:
+    """`clock` stamps receive times, which idle completion and retention measure from."""
+
+    def __init__(self, db: Database, *, clock: Clock = time.time) -> None:
         self.db = db
+        self.clock = clock
         db.ensure_schema("instance_index", SCHEMA_VERSION, SCHEMA)
         self.catalog = Catalog(db)  # its tables exist before the first record() writes to them
 
@@ -108,7 +112,7 @@ class InstanceIndex:
     def touch(self, sop_instance_uid: str, now: float | None = None) -> None:
         """An instance was received again: its series version counts as active now (retention and idle
         completion measure from the last instance received)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE series SET last_received_at = MAX(last_received_at, ?) WHERE (series_uid, version) ="
@@ -126,7 +130,7 @@ class InstanceIndex:
                catalog: CatalogEntry | None = None) -> int | None:
         """Index (and catalog, for Query/Retrieve) a durably stored instance in one transaction; return its
         series version (None: duplicate)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self.db.transaction() as conn:
             if conn.execute(
                 "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (rec.sop_instance_uid,)

@@ -14,6 +14,7 @@ query and retrieve, so a failing check leaves them unoffered. The Q/R handlers l
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import zlib
 from collections import Counter
@@ -56,6 +57,7 @@ from dicom_node.query import PATIENT_ROOT, STUDY_ROOT
 from dicom_node.sockets import set_tcp_nodelay
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
 from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, place, write_temp
+from dicom_node.tls import TlsSettings, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ class ScpSettings:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 120.0
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    tls: TlsSettings | None = None
+    tls_port: int | None = None  # with `tls`: None = TLS on `port` instead of plain TCP, else TLS here too
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,9 @@ class DicomScp:
         self.on_released = on_released
         self.decoded = decoded  # frames decoded by the decodability check, kept for the series' job
         self._ae = self._build_ae()
-        self._server: Any = None
+        self._servers: list[Any] = []
+        # built now: a certificate that cannot be used stops the node at start, naming the file
+        self._tls_context = server_context(settings.tls) if settings.tls is not None else None
         self._stats: dict[int, _AssociationStats] = {}
         self._stats_lock = threading.Lock()
         # Held from "is this UID indexed?" to "indexed", and by retention while it forgets and deletes a
@@ -191,9 +197,9 @@ class DicomScp:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        if not self._servers:
             raise RuntimeError("the SCP is not running")
-        host, port = self._server.server_address[:2]
+        host, port = self._servers[0].server_address[:2]
         return str(host), int(port)
 
     def start(self) -> tuple[str, int]:
@@ -211,21 +217,30 @@ class DicomScp:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
         ]
-        self._server = self._ae.start_server(
-            (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
-        )
+        s = self.settings
+        plain_port = None if s.tls is not None and s.tls_port is None else s.port
+        tls_port = None if s.tls is None else (s.tls_port or s.port)
+        if plain_port is not None:
+            self._servers.append(self._ae.start_server((s.bind_address, plain_port), block=False,
+                                                       evt_handlers=handlers))
+        if tls_port is not None:
+            self._servers.append(self._ae.start_server((s.bind_address, tls_port), block=False,
+                                                       evt_handlers=handlers, ssl_context=self._tls_context))
         host, port = self.address
         if not self.settings.access.store:
             log_event(logger, "scp.accepting_all_peers", level=logging.WARNING,
                       hint="set node.allowed_peers in the config to restrict who may send")
         log_event(logger, "scp.listening", ae_title=self.settings.ae_title, host=host, port=port,
-                  max_pdu=self.settings.max_pdu_size, fsync=self.settings.fsync)
+                  max_pdu=self.settings.max_pdu_size, fsync=self.settings.fsync, plain_port=plain_port,
+                  tls_port=tls_port, tls_peer_verified=self._tls_context is not None
+                  and self._tls_context.verify_mode != ssl.CERT_NONE)
         return host, port
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        if self._servers:
+            for server in self._servers:
+                server.shutdown()
+            self._servers = []
             log_event(logger, "scp.stopped")
 
     # -- association events -------------------------------------------------------------------------
@@ -242,7 +257,8 @@ class DicomScp:
         assoc = event.assoc
         calling = assoc.requestor.primitive.calling_ae_title
         address = assoc.requestor.address
-        open_from_peer = sum(1 for a in self._server.active_associations if a.requestor.address == address)
+        open_from_peer = sum(1 for a in self._ae.active_associations
+                             if a.is_acceptor and a.requestor.address == address)
         if open_from_peer > self.settings.max_associations_per_peer:  # this one included
             log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
                       reason=f"more than node.max_associations_per_peer "

@@ -49,6 +49,7 @@ class WebContext:
     static_dir: Path = STATIC_DIR
     https: bool = False
     workers_alive: Any = None  # Callable[[], tuple[int, int]] (alive, configured) or None outside a node
+    clock: Any = time.time  # the node's clock (dicom_node.clock), which stamps what the page shows
 
 
 class FeedbackIn(BaseModel):
@@ -270,7 +271,7 @@ def create_app(ctx: WebContext) -> FastAPI:
             "jobs": jobs.counts(),
             "outbox": {"pending": outbox_states.get("pending", 0), "sent": outbox_states.get("done", 0),
                        "failed": outbox_states.get("failed", 0)},
-            "time": time.time(),
+            "time": ctx.clock(),
         }
 
     @app.get("/api/events", dependencies=api)

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 
 import uvicorn
 
@@ -34,9 +35,10 @@ def _bind(address: str, port: int) -> socket.socket:
 
 
 class WebServer:
-    def __init__(self, config: AppConfig, *, workers_alive=None, environ=None) -> None:  # noqa: ANN001
+    def __init__(self, config: AppConfig, *, workers_alive=None, environ=None, clock=time.time) -> None:  # noqa: ANN001
         self.config = config
         self.workers_alive = workers_alive
+        self.clock = clock
         self.environ = os.environ if environ is None else environ
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -53,7 +55,8 @@ class WebServer:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"web.certificate {web.certificate} / web.private_key {web.private_key}: "
                                   f"cannot load ({getattr(exc, 'strerror', None) or type(exc).__name__})") from exc
-        app = create_app(WebContext(self.config, token, https=https, workers_alive=self.workers_alive))
+        app = create_app(WebContext(self.config, token, https=https, workers_alive=self.workers_alive,
+                                    clock=self.clock))
         sock = _bind(web.bind_address, web.port)
         self.address = sock.getsockname()[:2]
         uv_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
