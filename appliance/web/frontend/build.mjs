@@ -15,6 +15,7 @@ const options = {
   entryPoints: [
     { in: "src/main.js", out: "app" },
     { in: "src/app.css", out: "app" },
+    { in: "src/outlineWorker.js", out: "outlines" }, // a worker: no imports or exports left once bundled
   ],
   outdir: out,
   bundle: true,
@@ -40,11 +41,12 @@ const options = {
       },
     },
     {
-      // NiiVue 0.69 recomputes a gradient volume (blur + Sobel passes over the whole CT, two more
-      // 3D textures) every time layer 0 is refreshed, even when the 3D shader never samples it; in
-      // software WebGL that is most of the cost of showing a CT (2-5 s of the first frame). Here the
-      // default matte volume shader is used, so the gradient is only computed when the shader or
-      // the illumination setting needs it (setVolumeRenderIllumination refreshes the layers).
+      // NiiVue 0.69 recomputes a gradient volume (blur and Sobel passes over the whole CT into two
+      // more 3D textures) every time layer 0 is refreshed, although only the gradient-lit 3D shaders
+      // sample it. This page uses the matte one, and in software WebGL that computation was most of
+      // the first frame (2-5 s of 7). It is now skipped while the matte shader is active and no
+      // gradient setting asks for it; setVolumeRenderIllumination() switches the shader and then
+      // refreshes the layers, so the gradient is computed when it is needed.
       name: "niivue-lazy-gradient",
       setup(build) {
         build.onLoad({ filter: /[\\/]@niivue[\\/]niivue[\\/]build[\\/]niivue[\\/]index\.js$/ }, async (args) => {
@@ -52,8 +54,9 @@ const options = {
           const from = "      this.volumeTexture = outTexture;\n      this.gradientTexture = gradientGL({";
           const to =
             "      this.volumeTexture = outTexture;\n" +
-            "      if (!this.__skipGradient || this.renderShader !== this.renderVolumeShader || this.gradientTextureAmount > 0 || this.opts.gradientOpacity > 0) this.gradientTexture = gradientGL({";
-          if (src.split(from).length !== 2) throw new Error(`niivue-lazy-gradient: refreshLayers not as expected in ${args.path}`);
+            "      if (this.renderShader !== this.renderVolumeShader || this.gradientTextureAmount > 0 || this.opts.gradientOpacity > 0)\n" +
+            "      this.gradientTexture = gradientGL({";
+          if (src.split(from).length !== 2) throw new Error(`niivue-lazy-gradient: NiiVue's refreshLayers is not as expected in ${args.path}`);
           return { contents: src.replace(from, to), loader: "js" };
         });
       },
@@ -81,6 +84,6 @@ if (watch) {
   const result = await esbuild.build(options);
   if (process.argv.includes("--analyze")) console.log(await esbuild.analyzeMetafile(result.metafile));
   const sizes = [];
-  for (const f of ["index.html", "app.js", "app.css"]) sizes.push(`${f} ${((await stat(join(out, f))).size / 1024).toFixed(0)} KiB`);
+  for (const f of ["index.html", "app.js", "app.css", "outlines.js"]) sizes.push(`${f} ${((await stat(join(out, f))).size / 1024).toFixed(0)} KiB`);
   console.log(`built ${out} in ${Date.now() - t0} ms: ${sizes.join(", ")}`);
 }

@@ -41,7 +41,12 @@ const systemBar = new SystemBar($("#system-bar"));
 const connection = new ConnectionBanner($("#connection-banner"));
 const seriesList = new SeriesList($("#series-list"), $("#series-empty"), (id) => select(id, true));
 const progress = new JobProgress($("#job-progress"));
-const viewer = new Viewer($("#gl"), { onStatus: setViewerStatus });
+const viewer = new Viewer($("#gl"), {
+  onStatus: setViewerStatus,
+  onOutlines: (job) => {
+    if (job.id === isonode.shownJobId) viewerEl.dataset.outlinesJob = String(job.id);
+  },
+});
 isonode.viewer = viewer;
 const legend = new Legend($("#legend"), {
   onVisible: (name, v) => viewer.setSegmentVisible(name, v),
@@ -168,6 +173,7 @@ function shown(job) {
   isonode.shownMode = job?.mode ?? null;
   isonode.shownSeriesId = job ? viewer.seriesId : null;
   isonode.meshesLoaded = job ? viewer.meshes.size : 0;
+  delete viewerEl.dataset.outlinesJob; // set again once this result's slice outlines are drawn
   if (job) {
     viewerEl.dataset.loadedJob = String(job.id);
     viewerEl.dataset.loadedMode = job.mode;

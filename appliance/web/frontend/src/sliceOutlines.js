@@ -105,14 +105,31 @@ export function voxelize(grid, meshes) {
 
 /** A NIfTI-1 (uint8, NIFTI_INTENT_LABEL) file holding `labels` on the grid with `affine` as sform. */
 export function labelNifti(dims, pixdim, affine, labels) {
-  const buf = new ArrayBuffer(352 + labels.length);
+  return niftiBytes(dims, pixdim, affine, labels, 1002);
+}
+
+const NIFTI_TYPES = new Map([
+  [Uint8Array, [2, 8]],
+  [Int16Array, [4, 16]],
+  [Int32Array, [8, 32]],
+  [Float32Array, [16, 32]],
+]);
+
+/**
+ * A NIfTI-1 file holding `data` (a typed array: uint8, int16, int32 or float32; x fastest) on the
+ * grid with `affine` (16 numbers, row-major voxel -> mm) as sform; `intent` e.g. 1002 for labels.
+ */
+export function niftiBytes(dims, pixdim, affine, data, intent = 0) {
+  const type = NIFTI_TYPES.get(data.constructor);
+  if (!type) throw new Error(`no NIfTI datatype for ${data.constructor.name}`);
+  const buf = new ArrayBuffer(352 + data.byteLength);
   const v = new DataView(buf);
   v.setInt32(0, 348, true); // sizeof_hdr
   const dim = [3, dims[0], dims[1], dims[2], 1, 1, 1, 1];
   dim.forEach((d, i) => v.setInt16(40 + 2 * i, d, true));
-  v.setInt16(68, 1002, true); // intent_code NIFTI_INTENT_LABEL
-  v.setInt16(70, 2, true); // datatype uint8
-  v.setInt16(72, 8, true); // bitpix
+  v.setInt16(68, intent, true); // intent_code (1002: NIFTI_INTENT_LABEL)
+  v.setInt16(70, type[0], true); // datatype
+  v.setInt16(72, type[1], true); // bitpix
   const pd = [1, pixdim[0], pixdim[1], pixdim[2], 1, 1, 1, 1];
   pd.forEach((d, i) => v.setFloat32(76 + 4 * i, d, true));
   v.setFloat32(108, 352, true); // vox_offset
@@ -123,7 +140,7 @@ export function labelNifti(dims, pixdim, affine, labels) {
   v.setInt16(254, 2, true); // sform_code: aligned to the CT
   for (let r = 0; r < 3; r++) for (let c = 0; c < 4; c++) v.setFloat32(280 + 16 * r + 4 * c, affine[4 * r + c], true);
   [0x6e, 0x2b, 0x31, 0].forEach((b, i) => v.setUint8(344 + i, b)); // "n+1\0"
-  new Uint8Array(buf, 352).set(labels);
+  new Uint8Array(buf, 352).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   return buf;
 }
 

@@ -2,7 +2,7 @@
 
 import { Niivue, NVImage, NVMesh, SLICE_TYPE, MULTIPLANAR_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { api } from "./api.js";
-import { voxelize, labelNifti, labelColormap } from "./sliceOutlines.js";
+import { voxelize, labelNifti, labelColormap, niftiBytes } from "./sliceOutlines.js";
 
 /** CT window presets (HU). */
 export const WINDOWS = {
@@ -55,11 +55,12 @@ function meshFileName(segment) {
 export class Viewer {
   /**
    * @param {HTMLCanvasElement} canvas
-   * @param {{onStatus?: (text: string, kind?: string) => void}} opts
+   * @param {{onStatus?: (text: string, kind?: string) => void, onOutlines?: (job: object) => void}} opts
    */
-  constructor(canvas, { onStatus = () => {} } = {}) {
+  constructor(canvas, { onStatus = () => {}, onOutlines = () => {} } = {}) {
     this.canvas = canvas;
     this.onStatus = onStatus;
+    this.onOutlines = onOutlines; // (job): its slice outlines are drawn
     this.nv = null;
     this.job = null; // the job whose result is on screen
     this.seriesId = null;
@@ -69,8 +70,11 @@ export class Viewer {
     this.layout = "mpr";
     this.sliceMode = "outline";
     this.ct3d = "cut";
-    this.outlines = null; // {image: NVImage, labels: Uint8Array, entries: [{name, color, visible}]}
+    this.outlines = null; // {image: NVImage, labels: Uint8Array, entries: [{name, color, visible}], jobId}
     this.loadToken = 0;
+    this.shows = 0; // show() calls so far (the warm-up stands back once a result is coming)
+    this.warm = null; // Promise: the warm-up draw, done before the first real one
+    this.worker = undefined; // the outline worker (null: unavailable, voxelize here)
     this.cache = new Map(); // url -> ArrayBuffer
     this.inflight = new Map(); // url -> Promise<ArrayBuffer>
   }
@@ -99,11 +103,58 @@ export class Viewer {
       clipPlaneColor: [0, 0, 0, 0],
     });
     this.nv = nv;
-    this.exp = globalThis.__exp || {};
-    nv.__skipGradient = !this.exp.gradient;
+    // The slice outlines are a label overlay for the 2D slices only: in the 3D view NiiVue would ray
+    // cast it too, a second march per pixel (about half of every 3D frame in software WebGL) that
+    // only speckles the meshes' surfaces with the label borders and ignores the segment opacity.
+    // Every refresh of a layer sets the overlay count for the 3D shader; it is set back to none.
+    nv.refreshLayers = (item, layer) => {
+      Niivue.prototype.refreshLayers.call(nv, item, layer);
+      const sh = nv.renderShader;
+      if (sh?.uniforms?.overlays) {
+        sh.use(nv.gl);
+        nv.gl.uniform1f(sh.uniforms.overlays, 0);
+      }
+    };
     await nv.attachToCanvas(this.canvas);
     nv.setRenderAzimuthElevation(DEFAULT_AZIMUTH, DEFAULT_ELEVATION);
+    this.warm = this.warmUp().catch((e) => console.warn("isonode: warm-up", e));
     return this;
+  }
+
+  /**
+   * Draw a tiny stand-in of the real scene once (an int16 CT, a label overlay, a mesh, the same
+   * layout and clip plane) and remove it in the same task, so it is never presented: the shaders and
+   * the GPU pipelines of the first result are then compiled while the page waits for it, not in its
+   * first frame (software WebGL compiles a pipeline at its first draw).
+   */
+  async warmUp() {
+    const t0 = performance.now();
+    const nv = this.nv;
+    const n = 8;
+    const affine = [4, 0, 0, -16, 0, 4, 0, -16, 0, 0, 4, -16, 0, 0, 0, 1];
+    const ct = new Int16Array(n * n * n).map((_, i) => (i % 7) * 200 - 600);
+    const labels = new Uint8Array(n * n * n);
+    for (let k = 2; k < 6; k++) for (let j = 2; j < 6; j++) labels.fill(1, 2 + n * (j + n * k), 6 + n * (j + n * k));
+    const volume = await NVImage.loadFromUrl({ url: "warm.nii", name: "warm.nii", buffer: niftiBytes([n, n, n], [4, 4, 4], affine, ct), colormap: "gray" });
+    const image = await NVImage.loadFromUrl({ url: "warm-labels.nii", name: "warm-labels.nii", buffer: labelNifti([n, n, n], [4, 4, 4], affine, labels) });
+    image.setColormapLabel(labelColormap([{ name: "warm", color: [200, 100, 50], visible: true }], 0));
+    const pts = new Float32Array([8, 0, 0, -8, 0, 0, 0, 8, 0, 0, -8, 0, 0, 0, 8, 0, 0, -8]);
+    const tris = new Uint32Array([0, 2, 4, 2, 1, 4, 1, 3, 4, 3, 0, 4, 2, 0, 5, 1, 2, 5, 3, 1, 5, 0, 3, 5]);
+    const mesh = new NVMesh(pts, tris, "warm.mz3", new Uint8Array([200, 100, 50, 255]), 1, true, nv.gl);
+    if (this.shows > 0 || nv.volumes.length || nv.meshes.length) return; // a result came first
+    this.batch(() => {
+      nv.addVolume(volume);
+      nv.addVolume(image);
+      nv.addMesh(mesh);
+      this.applyCt3d();
+    });
+    this.batch(() => {
+      nv.removeMesh(mesh);
+      for (const v of [...nv.volumes]) nv.removeVolume(v);
+    });
+    // the GPU works through it while the page waits; a result arriving now waits for this
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    this.warmMs = Math.round(performance.now() - t0);
   }
 
   // --- loading --------------------------------------------------------------------------------
@@ -134,6 +185,7 @@ export class Viewer {
    */
   async show(job, seriesId) {
     const token = ++this.loadToken;
+    this.shows++;
     const nv = this.nv;
     const t = [performance.now()];
     const result = job.result;
@@ -170,29 +222,22 @@ export class Viewer {
       meshes.push([seg.name, mesh]);
     }
     t.push(performance.now());
-    let outlines = null;
-    if (!this.exp.lateOutlines) {
-      try {
-        outlines = await this.buildOutlines(volume, segments, meshes);
-      } catch (e) {
-        console.warn("isonode: no slice outlines", e);
-      }
-    }
+    if (this.warm) await this.warm;
     if (token !== this.loadToken) {
       for (const [, m] of meshes) m.unloadMesh?.(nv.gl);
       return false;
     }
 
     t.push(performance.now());
-    // swap in one task: no frame shows a half-replaced scene, and only one frame is drawn
+    // swap in one task: no frame shows a half-replaced scene, and only one frame is drawn. The
+    // slice outlines follow once this frame is on screen (addOutlines): the meshes come first.
     const sameSeries = this.seriesId === seriesId && nv.volumes.length > 0;
     const camera = sameSeries ? this.saveCamera() : null;
     this.batch(() => {
       for (const m of [...nv.meshes]) nv.removeMesh(m);
       for (const v of [...nv.volumes]) nv.removeVolume(v);
       nv.addVolume(volume);
-      this.outlines = outlines;
-      if (outlines) nv.addVolume(outlines.image);
+      this.outlines = null;
       this.meshes.clear();
       for (const [name, mesh] of meshes) {
         nv.addMesh(mesh);
@@ -211,13 +256,21 @@ export class Viewer {
     await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
     if (token !== this.loadToken) return false;
     t.push(performance.now());
-    this.timings = { fetch: t[1] - t[0], parse: t[2] - t[1], outlines: t[3] - t[2], swap: t[4] - t[3], present: t[5] - t[4] };
+    this.timings = {
+      startedAt: performance.timeOrigin + t[0], // epoch ms, to line up with the server's clock
+      fetch: t[1] - t[0],
+      parse: t[2] - t[1],
+      warmWait: t[3] - t[2],
+      swap: t[4] - t[3],
+      present: t[5] - t[4],
+    };
     this.onStatus("", "");
-    if (this.exp.lateOutlines) setTimeout(() => this.addOutlines(token, volume, segments, meshes), 0);
+    setTimeout(() => this.addOutlines(token, job, volume, segments, meshes), 0);
     return true;
   }
 
-  async addOutlines(token, volume, segments, meshes) {
+  /** The slice outlines of the result just shown (`token`), added as label overlay (layer 1). */
+  async addOutlines(token, job, volume, segments, meshes) {
     const t0 = performance.now();
     let outlines;
     try {
@@ -228,6 +281,7 @@ export class Viewer {
     }
     if (token !== this.loadToken) return;
     const t1 = performance.now();
+    outlines.jobId = job.id;
     this.batch(() => {
       this.nv.addVolume(outlines.image);
       this.outlines = outlines;
@@ -236,18 +290,20 @@ export class Viewer {
     const t2 = performance.now();
     await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
     if (token !== this.loadToken) return;
-    Object.assign(this.timings, { lateOutlines: t1 - t0, lateSwap: t2 - t1, latePresent: performance.now() - t2 });
+    Object.assign(this.timings, { outlines: t1 - t0, outlinesSwap: t2 - t1, outlinesPresent: performance.now() - t2 });
+    this.onOutlines(job);
   }
 
   /**
    * Run `fn` (several NiiVue calls, each of which re-uploads every volume to the GPU and redraws)
    * and do that work once at the end. Adding 2 volumes and 8 meshes otherwise queues a dozen
-   * texture rebuilds: seconds on a tablet GPU or in software rendering.
+   * texture rebuilds: seconds on a tablet GPU or in software rendering. With `layers` (indices),
+   * only those volumes are rebuilt, when `fn` changed nothing else: the CT (0) and the outline
+   * overlay (1) are independent textures, and a legend toggle need not re-upload the CT.
    */
   batch(fn, layers = null) {
     const nv = this.nv;
     if (this.batching) return fn();
-    if (!this.exp.layers) layers = null;
     this.batching = true;
     let update = false;
     nv.updateGLVolume = () => {
@@ -290,7 +346,7 @@ export class Viewer {
     const dims = [hdr.dims[1], hdr.dims[2], hdr.dims[3]];
     const affine = hdr.affine.flat();
     const t0 = performance.now();
-    const labels = voxelize(
+    const labels = await this.voxelizeOff(
       { dims, affine },
       meshes.map(([, mesh], i) => ({ pts: mesh.pts, tris: mesh.tris, label: i + 1 })),
     );
@@ -307,6 +363,53 @@ export class Viewer {
     image.setColormapLabel(labelColormap(entries, 0));
     this.outlineMs = Math.round(performance.now() - t0);
     return { image, labels, entries };
+  }
+
+  /**
+   * voxelize() in a worker (static/outlines.js), off the page's thread: the page stays responsive
+   * while the meshes are filled (0.2-1 s in the benchmark); on the page's thread if no worker starts.
+   */
+  voxelizeOff(grid, meshes) {
+    if (this.worker === undefined) {
+      try {
+        this.worker = new Worker(new URL("outlines.js", import.meta.url));
+        this.worker.onerror = (e) => {
+          console.warn("isonode: outline worker", e.message || e);
+          e.preventDefault?.();
+          const pending = this.workerJobs;
+          this.worker.terminate();
+          this.worker = null;
+          this.workerJobs = new Map();
+          for (const [, job] of pending) {
+            try {
+              job.resolve(voxelize(job.grid, job.meshes));
+            } catch (err) {
+              job.reject(err);
+            }
+          }
+        };
+        this.worker.onmessage = (e) => {
+          const job = this.workerJobs.get(e.data.id);
+          if (!job) return;
+          this.workerJobs.delete(e.data.id);
+          if (e.data.error) job.reject(new Error(e.data.error));
+          else job.resolve(e.data.labels);
+        };
+        this.workerJobs = new Map();
+        this.workerSeq = 0;
+      } catch (e) {
+        console.warn("isonode: no outline worker", e);
+        this.worker = null;
+      }
+    }
+    if (!this.worker) return Promise.resolve(voxelize(grid, meshes));
+    return new Promise((resolve, reject) => {
+      const id = ++this.workerSeq;
+      // copies: the meshes keep their arrays
+      const msg = { id, grid, meshes: meshes.map((m) => ({ pts: m.pts, tris: m.tris, label: m.label })) };
+      this.workerJobs.set(id, { resolve, reject, grid, meshes });
+      this.worker.postMessage(msg);
+    });
   }
 
   // --- camera -----------------------------------------------------------------------------------
@@ -388,7 +491,11 @@ export class Viewer {
       if (!e.visible) hidden.add(i + 1);
     });
     let img = o.labels;
-    if (hidden.size) {
+    if (this.sliceMode === "off" || this.sliceMode === "band") {
+      // NiiVue draws label borders whatever the layer's opacity: an empty volume shows none
+      if (!o.empty) o.empty = new Uint8Array(o.labels.length);
+      img = o.empty;
+    } else if (hidden.size) {
       img = o.labels.slice();
       for (let i = 0; i < img.length; i++) if (hidden.has(img[i])) img[i] = 0;
     }

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { personName, seconds, bytes, ml, esc, dicomDate } from "../src/format.js";
 import { jobToShow, latestJobs, resultJobs, newestFirst } from "../src/selection.js";
-import { voxelize, labelNifti, invert4 } from "../src/sliceOutlines.js";
+import { voxelize, labelNifti, niftiBytes, invert4 } from "../src/sliceOutlines.js";
 
 test("DICOM person names", () => {
   assert.equal(personName("DOE^JOHN"), "DOE, JOHN");
@@ -81,4 +81,16 @@ test("label NIfTI header", () => {
   assert.equal(v.getInt16(68, true), 1002);
   assert.equal(v.getFloat32(300, true), 2); // srow_y[1]
   assert.equal(buf.byteLength, 352 + 120);
+});
+
+test("NIfTI of other data types (the warm-up's int16 stand-in CT)", () => {
+  const ct = new Int16Array([-1000, 0, 40, 3000]);
+  const buf = niftiBytes([2, 2, 1], [1, 1, 1], [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1], ct);
+  const v = new DataView(buf);
+  assert.equal(v.getInt16(68, true), 0); // no intent
+  assert.equal(v.getInt16(70, true), 4); // int16
+  assert.equal(v.getInt16(72, true), 16);
+  assert.equal(buf.byteLength, 352 + 8);
+  assert.deepEqual(Array.from(new Int16Array(buf, 352)), [-1000, 0, 40, 3000]);
+  assert.throws(() => niftiBytes([1, 1, 1], [1, 1, 1], new Array(16).fill(0), new Float64Array(1)));
 });
