@@ -149,6 +149,55 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from dicom_node.audit import AuditTrail, Participant
+    from dicom_node.database import Database
+
+    config = _config(args)
+    trail = AuditTrail(Database(config.database_path))
+    since = _parse_since(args.since)
+    records = trail.list(since=since)
+    trail.record("audit_log_used", participants=[Participant(_operator(), "", True, "Source")],
+                 records=len(records), since=args.since)  # reading the trail is itself audited (ATNA)
+    if args.json:
+        print(json.dumps([rec.as_json(rid) for rid, rec in records], indent=1))
+        return 0
+    for rid, rec in records:
+        doc = rec.as_json(rid)
+        who = ", ".join(f"{p['user_id']}@{p['address']}" if p["address"] else p["user_id"]
+                        for p in doc["participants"])
+        what = ", ".join(f"{o['kind']} {o['id']}" for o in doc["objects"])
+        print(f"{doc['time']}  {rec.event:22s} outcome {rec.outcome:2d}  {who}" + (f"  [{what}]" if what else ""))
+    return 0
+
+
+def _operator() -> str:
+    """Who ran the command (the local account), for the audit record of reading the trail."""
+    import getpass
+
+    try:
+        return f"local user {getpass.getuser()}"
+    except (KeyError, OSError):
+        return "local user"
+
+
+def _parse_since(text: str | None) -> float | None:
+    """UNIX seconds or an ISO 8601 time (UTC when it names no zone)."""
+    if text is None:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"--since {text!r}: expected UNIX seconds or an ISO 8601 time") from exc
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def _cmd_outbox(args: argparse.Namespace) -> int:
     from appliance.node import make_outbox
     from dicom_node.database import Database
@@ -302,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "from web.token_file or ISONODE_WEB_TOKEN)")
     serve.add_argument("--no-web", action="store_true", help="do not serve the bedside page")
     serve.set_defaults(func=_cmd_serve)
+
+    audit = sub.add_parser("audit", help="the audit trail (PS3.15 A.5 / IHE ATNA events): associations, "
+                           "instances received, queries, retrieves, results sent, logins")
+    _add_common(audit)
+    audit.add_argument("--json", action="store_true", help="a JSON list of events")
+    audit.add_argument("--since", default=None, metavar="T", help="only events from T on (UNIX seconds or ISO 8601)")
+    audit.set_defaults(func=_cmd_audit)
 
     feedback = sub.add_parser("feedback", help="physicians' feedback on results (from the bedside page)")
     feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)

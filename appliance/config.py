@@ -13,9 +13,18 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from dicom_node.access import LOOPBACK_NETWORKS
+from dicom_node.tls import ClientTls
 from dicom_node.volume import MAX_VOLUME_VOXELS
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "firmware_config" / "isonode.yaml"
@@ -218,18 +227,48 @@ class ProcessingConfig(_Strict):
     retry_backoff_s: float = Field(10.0, ge=0)
 
 
+class DestinationTlsConfig(_Strict):
+    """DICOM TLS (PS3.15 B.1) to a destination: its certificate is verified against `ca_certificates` (the
+    system's CAs when unset); ours (`certificate` + `private_key`) is presented if the destination asks.
+    Files are read at each connection: one that cannot be used fails that destination's deliveries."""
+
+    ca_certificates: Path | None = Field(None, description="PEM CA certificates the destination's certificate "
+                                         "must chain to; unset: the system's CAs")
+    certificate: Path | None = Field(None, description="PEM certificate (chain) of this node, presented when "
+                                     "the destination asks for one (mutual TLS); needs private_key")
+    private_key: Path | None = Field(None, description="PEM private key of certificate")
+    verify_hostname: bool = Field(False, description="also require the certificate to name `host`; off by "
+                                  "default because DICOM peers are often addressed by IP and their "
+                                  "certificates rarely carry it (the CA check still applies)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTlsConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (both or neither)")
+        return self
+
+    @field_serializer("ca_certificates", "certificate", "private_key")
+    def _path_text(self, v: Path | None) -> str | None:
+        return None if v is None else str(v)  # runtime.json dumps the destinations as JSON
+
+
 class DestinationConfig(_Strict):
-    """A DICOM peer that receives the results (C-STORE SCP)."""
+    """A DICOM peer that receives the results (C-STORE SCP), and C-MOVE's destinations (by AE title)."""
 
     name: str = Field(min_length=1, max_length=64)
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTlsConfig | None = Field(None, description="connect with DICOM TLS; unset: plain TCP")
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return _check_ae_title(v)
+
+    def client_tls(self) -> ClientTls | None:
+        t = self.tls
+        return None if t is None else ClientTls(t.ca_certificates, t.certificate, t.private_key, t.verify_hostname)
 
 
 Mode = Literal["preview", "full"]
@@ -348,6 +387,22 @@ class WebConfig(_Strict):
         return self
 
 
+class SyslogConfig(_Strict):
+    """An audit record repository (IHE ATNA): RFC 5424 over TCP (RFC 6587) or TLS (RFC 5425)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(6514, ge=1, le=65535)
+    transport: Literal["tcp", "tls"] = "tls"
+    ca_certificates: Path | None = Field(None, description="TLS: verify the collector against these (unset: "
+                                         "the system's CAs)")
+
+
+class AuditConfig(_Strict):
+    """The audit trail is always kept in the database (`isonode audit`); `syslog` also forwards a copy."""
+
+    syslog: SyslogConfig | None = None
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -366,6 +421,7 @@ class AppConfig(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     logging: LoggingConfig = LoggingConfig()
     web: WebConfig = WebConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _known_destinations(self) -> AppConfig:

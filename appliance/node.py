@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -16,12 +17,14 @@ from typing import TYPE_CHECKING
 from appliance.completion import SeriesCompletion
 from appliance.config import AppConfig, PeerConfig
 from appliance.jobs import JobQueue
-from appliance.outbox import Outbox, OutboxSender
+from appliance.outbox import Destination, Outbox, OutboxSender
 from appliance.retention import SweepReport, sweep
 from appliance.routing import Router
 from appliance.runtime import Runtime, build_runtime
 from appliance.worker import Worker, release_unfinished
 from dicom_node.access import AccessPolicy, PeerRule
+from dicom_node.audit import AuditTrail, Participant, ParticipantObject
+from dicom_node.audit_syslog import SyslogForwarder
 from dicom_node.catalog import StoredInstance
 from dicom_node.clock import Clock, SteadyClock, stored_time_floor
 from dicom_node.database import Database
@@ -34,7 +37,7 @@ from dicom_node.qr_move import MoveService
 from dicom_node.recovery import recover_catalog, recover_spool
 from dicom_node.scp import DicomScp, QueryRetrieveServices, ScpSettings, spool_layout
 from dicom_node.spool import store_durably
-from dicom_node.tls import TlsSettings
+from dicom_node.tls import ClientTls, TlsSettings, client_context
 
 if TYPE_CHECKING:
     from appliance.web.server import WebServer
@@ -97,15 +100,15 @@ def access_policy(config: AppConfig) -> AccessPolicy:
 
 def query_retrieve_services(config: AppConfig, index: InstanceIndex) -> QueryRetrieveServices:
     """Q/R over the catalog; files resolve against the spool or the results folder, destinations come
-    from the config (the same list the results go to)."""
+    from the config (the same list the results go to), with their TLS settings."""
     roots = {"spool": config.spool_dir, "results": config.results_dir}
 
     def resolve_path(instance: StoredInstance) -> Path:
         return roots[instance.store] / instance.relpath
 
-    def destination(ae_title: str) -> tuple[str, int] | None:
+    def destination(ae_title: str) -> tuple[str, int, ClientTls | None] | None:
         d = config.destination_by_ae_title(ae_title)
-        return None if d is None else (d.host, d.port)
+        return None if d is None else (d.host, d.port, d.client_tls())
 
     return QueryRetrieveServices(
         find=FindService(index.db, config.node.ae_title),
@@ -114,8 +117,23 @@ def query_retrieve_services(config: AppConfig, index: InstanceIndex) -> QueryRet
     )
 
 
+def audit_forwarder(config: AppConfig) -> SyslogForwarder | None:
+    """The configured syslog copy of the audit trail (started here; the node stops it last)."""
+    syslog = config.audit.syslog
+    if syslog is None:
+        return None
+    tls = client_context(syslog.ca_certificates) if syslog.transport == "tls" else None
+    return SyslogForwarder(syslog.host, syslog.port, config.node.ae_title, tls_context=tls).start()
+
+
 def make_outbox(db: Database, config: AppConfig, clock: Clock = time.time) -> Outbox:
-    return Outbox(db, config.results_dir, clock=clock)
+    """The outbox; a row finds its destination's TLS settings by name in the config at each connection."""
+
+    def tls_for(name: str) -> ClientTls | None:
+        d = config.destination(name)
+        return None if d is None else d.client_tls()
+
+    return Outbox(db, config.results_dir, clock=clock, tls_for=tls_for)
 
 
 def anchored_clock(db: Database) -> SteadyClock:
@@ -152,17 +170,34 @@ class Node:
         self.completion = SeriesCompletion(self.index, self.jobs, config.series, self.router.modes,
                                            on_queued=self.work_ready.set, clock=self.clock)
         self.decoded = DecodedFrames(config.processing.decoded_cache_mb * 1024 * 1024)
+        self.syslog = audit_forwarder(config)
+        self.audit = AuditTrail(self.db, clock=self.clock, forward=self.syslog)
         self.scp = DicomScp(scp_settings(config), self.spool, self.index, on_released=self._on_released,
-                            decoded=self.decoded, query_retrieve=query_retrieve_services(config, self.index))
+                            decoded=self.decoded, query_retrieve=query_retrieve_services(config, self.index),
+                            audit=self.audit)
         ob = config.outbox
         self.sender = OutboxSender(self.outbox, calling_ae_title=config.node.ae_title,
                                    backoff_base_s=ob.retry_base_s, backoff_cap_s=ob.retry_max_s,
                                    max_status_failures=ob.max_failure_statuses, max_age_s=ob.max_age_h * 3600.0,
-                                   max_pdu_size=config.node.max_pdu_size, clock=self.clock)
+                                   max_pdu_size=config.node.max_pdu_size, clock=self.clock,
+                                   on_sent=self._audit_sent)
         self.runtime: Runtime | None = None
         self.workers: list[Worker] = []
         self.web: WebServer | None = None
         self._stop = threading.Event()
+
+    def _audit_sent(self, destination: Destination, sop_instance_uids: list[str]) -> None:
+        """Results acknowledged by a destination, per association, for the audit trail."""
+        objects = []
+        series = {r["series_uid"] for r in self.db.connection.execute(
+            f"SELECT DISTINCT series_uid FROM catalog_instances WHERE sop_instance_uid IN"
+            f" ({','.join('?' * len(sop_instance_uids))})", sop_instance_uids)}
+        for series_uid in sorted(series):
+            objects += [ParticipantObject("series", series_uid)]
+        self.audit.record("results_sent", participants=[
+            Participant(self.config.node.ae_title, "", True, "Source"),
+            Participant(destination.ae_title, f"{destination.host}:{destination.port}", False, "Destination")],
+            objects=objects, instances=len(sop_instance_uids), destination=destination.name)
 
     def _on_released(self, series_uids: set[str], calling_ae: str, called_ae: str) -> None:
         self.completion.complete_released(series_uids, calling_ae, called_ae)
@@ -190,6 +225,9 @@ class Node:
         """Recover (before anything writes), listen, then choose the backends: a first start that has to
         time the CPU precisions (seconds) already accepts studies, which queue until the workers run."""
         self.recover()
+        self.audit.record("configuration_loaded", participants=[Participant(self.config.node.ae_title, "", True,
+                                                                            "Application")],
+                          sha256=hashlib.sha256(self.config.model_dump_json().encode()).hexdigest())
         address = self.scp.start()
         self.start_web()
         self.runtime = self.build_runtime()
@@ -199,6 +237,9 @@ class Node:
         for w in self.workers:
             w.start()
         self.sender.start()
+        self.audit.record("application_start", participants=[Participant(self.config.node.ae_title, "", True,
+                                                                         "Application")],
+                          inference=self.runtime.describe_mode("full").get("inference"))
         if not self.config.destinations:
             log_event(logger, "node.no_destinations", level=logging.WARNING,
                       hint="results are kept under the data dir; add destinations (or --destination AE@HOST:PORT)")
@@ -211,7 +252,7 @@ class Node:
             return
         from appliance.web.server import WebServer  # web -> status -> node: imported when used
 
-        self.web = WebServer(self.config, workers_alive=self._workers_alive, clock=self.clock)
+        self.web = WebServer(self.config, workers_alive=self._workers_alive, clock=self.clock, audit=self.audit)
         try:
             self.web.start()
         except OSError as exc:
@@ -278,6 +319,10 @@ class Node:
         for w in self.workers:
             w.join(timeout=30)
         release_unfinished(self.jobs, self.workers)
+        self.audit.record("application_stop", participants=[Participant(self.config.node.ae_title, "", True,
+                                                                        "Application")])
+        if self.syslog is not None:
+            self.syslog.stop()
         self.db.close()
         os.close(self._lock_fd)
         log_event(logger, "node.stopped")

@@ -33,6 +33,7 @@ from dicom_node.logfmt import log_event
 from dicom_node.part10 import IMPLEMENTATION_CLASS_UID
 from dicom_node.requestor import leave_responses_to_the_sender
 from dicom_node.sockets import set_tcp_nodelay
+from dicom_node.tls import ClientTls, TlsConfigError, handshake_reason, on_handshake_failure
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,12 @@ MAX_PRESENTATION_CONTEXTS = 128
 
 @dataclass(frozen=True)
 class Destination:
-    """A C-STORE SCP the node delivers to; `name` is the configuration's key for it."""
+    """A C-STORE SCP the node delivers to; `name` is the configuration's key for it.
+
+    Rows store the address, not the TLS settings: the sender asks `Outbox.tls_for(name)` at each
+    connection, so rows pending across a restart use the destination's TLS as configured now, and rows
+    of a name no longer configured go as they always did (plain TCP to the stored address).
+    """
 
     name: str
     ae_title: str
@@ -187,10 +193,12 @@ class Outbox:
     """The durable rows and their state transitions; `OutboxSender` does the network part. `clock` stamps
     the rows its own methods change (the node's steady clock, the one backoff and expiry measure with)."""
 
-    def __init__(self, db: Database, root: Path, *, clock: Clock = time.time) -> None:
+    def __init__(self, db: Database, root: Path, *, clock: Clock = time.time,
+                 tls_for: Callable[[str], ClientTls | None] = lambda name: None) -> None:
         self.db = db
         self.clock = clock
         self.root = Path(root)
+        self.tls_for = tls_for  # destination name -> its TLS settings now (None: plain TCP)
         self._listeners: list[Callable[[], None]] = []
         db.ensure_schema("outbox", SCHEMA_VERSION, SCHEMA)
 
@@ -413,11 +421,13 @@ class OutboxSender:
                  max_status_failures: int = 5, max_age_s: float | None = 7 * 86400.0,
                  connect_timeout_s: float = 10.0, acse_timeout_s: float = 30.0, dimse_timeout_s: float = 60.0,
                  network_timeout_s: float = 60.0, max_pdu_size: int = 131072,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time,
+                 on_sent: Callable[[Destination, list[str]], None] | None = None) -> None:
         if batch_size < 1 or max_status_failures < 1:
             raise ValueError("batch_size and max_status_failures must be at least 1")
         self.outbox = outbox
         self.clock = clock
+        self.on_sent = on_sent  # (destination, SOP Instance UIDs acknowledged on one association): the audit
         self.policy = RetryPolicy(backoff_base_s, backoff_cap_s, max_status_failures)
         self.settings = SenderSettings(
             calling_ae_title=calling_ae_title, batch_size=batch_size, poll_interval_s=poll_interval_s,
@@ -508,6 +518,7 @@ class _DestinationWorker(threading.Thread):
         self.wake = threading.Event()
         self._assoc: Association | None = None
         self._last_check = 0.0
+        self._acknowledged: set[int] = set()  # delivery ids acknowledged on the current association
 
     def abort_current(self) -> None:
         assoc = self._assoc
@@ -562,9 +573,15 @@ class _DestinationWorker(threading.Thread):
         return items
 
     def _associate(self, items: list[_Item]) -> tuple[Association, str]:
-        """Open a fresh association proposing each file's own SOP class and transfer syntax; on failure the
-        second value says why."""
+        """Open a fresh association proposing each file's own SOP class and transfer syntax, over TLS when
+        the destination is configured with it; on failure the second value says why. TlsConfigError when
+        the destination's TLS files cannot be used (nothing was sent)."""
         s = self.sender.settings
+        tls = self.outbox.tls_for(self.dest.name)
+        handshake: list[OSError] = []
+        tls_args = None
+        if tls is not None:
+            tls_args = (on_handshake_failure(tls.context(), handshake.append), self.dest.host)
         ae = AE(ae_title=s.calling_ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.connection_timeout = s.connect_timeout_s
@@ -586,15 +603,27 @@ class _DestinationWorker(threading.Thread):
                 seen["rejected"] = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}"
 
         assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title, max_pdu=s.max_pdu_size,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)],
+                             tls_args=tls_args)
         if assoc.is_established:
             leave_responses_to_the_sender(assoc)
             return assoc, ""
+        if handshake:
+            return assoc, handshake_reason(handshake[0])
         if "connected" not in seen:
             return assoc, "could not connect (connection refused or timed out)"
         if assoc.is_rejected:
             return assoc, f"association rejected ({seen.get('rejected', 'no reason given')})"
         return assoc, "association aborted or timed out during negotiation"
+
+    def _fail_unusable_tls(self, rows: list[Delivery], problem: str) -> None:
+        """The destination's TLS files cannot be used: its due rows fail at once (retryable once the files
+        are fixed: they are read again at each connection), with one log line for them all."""
+        reason = f"TLS settings of destination {self.dest.name!r} cannot be used: {problem}"
+        failed = [d.id for d in rows if self.outbox.record_failed(d.id, reason, now=self.clock())]
+        if failed:
+            log_event(logger, "outbox.tls_unusable", level=logging.ERROR, destination=self.dest.name,
+                      ae_title=self.dest.ae_title, count=len(failed), ids=failed[:20], reason=reason)
 
     def _retry(self, ids: list[int], reason: str, *, status: int | None = None, status_failure: bool = False,
                detail: str | None = None) -> None:
@@ -633,7 +662,11 @@ class _DestinationWorker(threading.Thread):
         if not items:
             return True
         started = time.monotonic()
-        assoc, reason = self._associate(items)
+        try:
+            assoc, reason = self._associate(items)
+        except TlsConfigError as exc:
+            self._fail_unusable_tls([it.delivery for it in items], str(exc))
+            return True
         if not assoc.is_established:
             if not self.sender._stop.is_set():
                 self._retry([it.delivery.id for it in items], reason)
@@ -653,6 +686,13 @@ class _DestinationWorker(threading.Thread):
                 assoc.abort()  # after a lost response the peer's state is unknown: do not wait on a release
             elif assoc.is_established:
                 assoc.release()
+        sent = [it.delivery.sop_instance_uid for it in items if it.delivery.id in self._acknowledged]
+        self._acknowledged.clear()
+        if sent and self.sender.on_sent is not None:
+            try:
+                self.sender.on_sent(self.dest, sent)
+            except Exception:  # the audit must not stop deliveries
+                logger.exception("outbox.on_sent_failed")
         log_event(logger, "outbox.delivered", destination=self.dest.name, ae_title=self.dest.ae_title,
                   done=tally["done"] + tally["warning"], warnings=tally["warning"], failures=tally["failure"],
                   not_delivered=tally["not_delivered"], bytes=tally["bytes"],
@@ -698,6 +738,7 @@ class _DestinationWorker(threading.Thread):
         status = int(status)
         if status == STATUS_SUCCESS or status in WARNING_STATUSES:
             self.outbox.record_delivered(d.id, status, now=self.clock())
+            self._acknowledged.add(d.id)
             tally["warning" if status else "done"] += 1
             tally["bytes"] += it.path.stat().st_size if it.path.exists() else 0
         else:

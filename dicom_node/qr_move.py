@@ -2,7 +2,8 @@
 
 The Move Destination is an AE title; its address comes from the node's `destinations` (the same list
 results go to, `--destination` included), never from the peer, so nobody can have patient data sent to
-an address of their choosing. An unknown title is answered 0xA801. pynetdicom opens the sub-association
+an address of their choosing. An unknown title is answered 0xA801. A destination configured with TLS is
+sent to over TLS (its files unusable: 0xA801 too, logged with the reason). pynetdicom opens the sub-association
 and sends a pending response after each C-STORE; the handler yields the destination, the count and then
 one instance at a time (one file in memory), and stops at a C-CANCEL.
 """
@@ -32,11 +33,12 @@ from dicom_node.qr_retrieve import (
 from dicom_node.query import QueryError
 from dicom_node.requestor import leave_responses_to_the_sender
 from dicom_node.sockets import set_tcp_nodelay
+from dicom_node.tls import ClientTls, TlsConfigError, handshake_reason, on_handshake_failure
 
 logger = logging.getLogger(__name__)
 
-# Move Destination AE title -> (host, port), or None when unknown.
-DestinationLookup = Callable[[str], tuple[str, int] | None]
+# Move Destination AE title -> (host, port) or (host, port, TLS settings or None), or None when unknown.
+DestinationLookup = Callable[[str], tuple[str, int] | tuple[str, int, ClientTls | None] | None]
 
 
 @dataclass
@@ -73,6 +75,15 @@ class MoveService:
                       move_destination=move_destination.strip(), calling_ae=calling_ae)
             yield None, None  # pynetdicom answers 0xA801
             return
+        host, port, tls = (*destination, None)[:3]
+        try:
+            connect = self._tls_kwargs(host, tls, move_destination.strip(), calling_ae)
+        except TlsConfigError as exc:
+            log_event(logger, "move.refused", level=logging.ERROR, status=f"0x{status.MOVE_DESTINATION_UNKNOWN:04X}",
+                      reason=f"the move destination's TLS settings cannot be used: {exc}",
+                      move_destination=move_destination.strip(), calling_ae=calling_ae)
+            yield None, None  # pynetdicom answers 0xA801, as for a destination it cannot reach
+            return
         try:
             instances = select_instances(self.catalog, identifier, model)
             contexts = sub_association_contexts(instances)
@@ -80,13 +91,26 @@ class MoveService:
             log_event(logger, "move.refused", level=logging.WARNING, status=f"0x{exc.status:04X}",
                       reason=exc.reason, calling_ae=calling_ae)
             # pynetdicom takes a final status only after the destination and a count
-            yield destination[0], destination[1], {"contexts": [build_context(Verification)]}
+            yield host, port, {"contexts": [build_context(Verification)], **connect}
             yield 1
             yield failure(exc.status, exc.reason), None
             return
         sub = _SubAssociation()
-        yield destination[0], destination[1], {"contexts": contexts, "evt_handlers": sub.handlers}
+        yield host, port, {"contexts": contexts, "evt_handlers": sub.handlers, **connect}
         yield len(instances)
         log_event(logger, "move.started", instances=len(instances), move_destination=move_destination.strip(),
                   calling_ae=calling_ae)
         yield from send_instances(instances, self.resolve_path, sub.accepted, is_cancelled, "move", calling_ae)
+
+    @staticmethod
+    def _tls_kwargs(host: str, tls: ClientTls | None, move_destination: str, calling_ae: str) -> dict[str, Any]:
+        """`associate()` arguments for a TLS destination (none for plain TCP); a failed handshake is logged
+        with its reason here, since pynetdicom then answers 0xA801 without asking the handler again."""
+        if tls is None:
+            return {}
+
+        def failed(exc: OSError) -> None:
+            log_event(logger, "move.tls_failed", level=logging.WARNING, move_destination=move_destination,
+                      reason=handshake_reason(exc), calling_ae=calling_ae)
+
+        return {"tls_args": (on_handshake_failure(tls.context(), failed), host)}

@@ -42,6 +42,15 @@ from pynetdicom.sop_class import (
 
 from dicom_node import status
 from dicom_node.access import AccessPolicy
+from dicom_node.audit import (
+    MINOR_FAILURE,
+    SERIOUS_FAILURE,
+    SUCCESS,
+    AuditTrail,
+    Participant,
+    ParticipantObject,
+    patient_and_study,
+)
 from dicom_node.catalog import CatalogEntry
 from dicom_node.decoded_frames import DecodedFrames
 from dicom_node.duplicates import same_instance
@@ -128,6 +137,7 @@ class _AssociationStats:
     may_query_retrieve: bool = False
     statuses: Counter[int] = field(default_factory=Counter)
     series: set[str] = field(default_factory=set)
+    stored_per_series: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -157,9 +167,10 @@ class DicomScp:
 
     def __init__(self, settings: ScpSettings, spool: SpoolLayout, index: InstanceIndex,
                  on_released: ReleasedHandler | None = None, decoded: DecodedFrames | None = None,
-                 query_retrieve: QueryRetrieveServices | None = None) -> None:
+                 query_retrieve: QueryRetrieveServices | None = None, audit: AuditTrail | None = None) -> None:
         self.settings = settings
         self.qr = query_retrieve
+        self.audit = audit
         self.spool = spool
         self.index = index
         self.on_released = on_released
@@ -263,6 +274,7 @@ class DicomScp:
             log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
                       reason=f"more than node.max_associations_per_peer "
                              f"({self.settings.max_associations_per_peer}) open from this address")
+            self._audit_association(False, calling, address, "too many associations from this address")
             _reject(assoc, status.REJECT_LOCAL_LIMIT_EXCEEDED)
             return
         access = self.settings.access
@@ -272,6 +284,7 @@ class DicomScp:
             log_event(logger, "association.rejected", level=logging.WARNING, calling_ae=calling, address=address,
                       reason="calling AE title/address in neither node.allowed_peers nor "
                              "query_retrieve.allowed_peers")
+            self._audit_association(False, calling, address, "calling AE title/address not allowed")
             _reject(assoc, status.REJECT_CALLING_AE_NOT_RECOGNIZED)
             return
         if may_qr:
@@ -287,6 +300,21 @@ class DicomScp:
         assoc = event.assoc
         log_event(logger, "association.accepted", calling_ae=assoc.requestor.ae_title,
                   address=assoc.requestor.address, contexts=len(assoc.accepted_contexts))
+        self._audit_association(True, assoc.requestor.ae_title, assoc.requestor.address, "",
+                                tls=self._tls_context is not None and self._is_tls(assoc))
+
+    def _audit_association(self, accepted: bool, calling: str, address: str, reason: str, **detail: Any) -> None:
+        if self.audit is not None:
+            self.audit.record("association_accepted" if accepted else "association_refused",
+                              outcome=SUCCESS if accepted else MINOR_FAILURE,
+                              participants=[Participant(calling.strip(), address, True, "Source"),
+                                            Participant(self.settings.ae_title, "", False, "Destination")],
+                              **({"reason": reason} if reason else {}), **detail)
+
+    @staticmethod
+    def _is_tls(assoc: Any) -> bool:
+        sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        return isinstance(sock, ssl.SSLSocket)
 
     def _on_closed(self, event: evt.Event) -> None:
         with self._stats_lock:
@@ -297,6 +325,15 @@ class DicomScp:
         log_event(logger, f"association.{how}", calling_ae=stats.calling_ae, address=stats.address,
                   stored=stats.statuses.get(status.SUCCESS, 0),
                   failed=sum(n for code, n in stats.statuses.items() if code != status.SUCCESS))
+        if self.audit is not None:
+            for series_uid, stored in stats.stored_per_series.items():
+                self.audit.record(
+                    "instances_received", outcome=SUCCESS if how == "released" else MINOR_FAILURE,
+                    participants=[Participant(stats.calling_ae, stats.address, True, "Source"),
+                                  Participant(self.settings.ae_title, "", False, "Destination")],
+                    objects=[*patient_and_study(self.index.db.connection, series_uid),
+                             ParticipantObject("series", series_uid, detail={"instances": stored})],
+                    association=how)
         if how == "released" and stats.series and self.on_released is not None:
             try:
                 self.on_released(stats.series, stats.calling_ae, self.settings.ae_title)
@@ -314,6 +351,7 @@ class DicomScp:
                 stats.statuses[code] += 1
                 if series_uid:
                     stats.series.add(series_uid)
+                    stats.stored_per_series[series_uid] += code == status.SUCCESS
 
     # -- services -----------------------------------------------------------------------------------
 
@@ -344,7 +382,47 @@ class DicomScp:
             yield request, None
             return
         model, calling, identifier = request
+        self._audit_qr("query", event, model, identifier)
         yield from self.qr.find.find(identifier, model, lambda: event.is_cancelled, calling_ae=calling)
+
+    def _audit_qr(self, what: str, event: evt.Event, model: str, identifier: Dataset | None,
+                  outcome: int = SUCCESS, **detail: Any) -> None:
+        """The query or retrieve as ATNA records it: who asked, under which model, with which keys."""
+        if self.audit is None:
+            return
+        keys = {}
+        if identifier is not None:
+            for elem in identifier:
+                if elem.VR != "SQ" and elem.value not in (None, ""):
+                    keys[elem.keyword or str(elem.tag)] = str(elem.value)
+        assoc = event.assoc
+        self.audit.record(what, outcome=outcome,
+                          participants=[Participant(assoc.requestor.ae_title.strip(), assoc.requestor.address,
+                                                    True, "Source"),
+                                        Participant(self.settings.ae_title, "", False, "Destination")],
+                          objects=[ParticipantObject("query", model, detail={"keys": keys})], **detail)
+
+    def _audited_retrieve(self, event: evt.Event, model: str, identifier: Dataset, responses: Iterator[Any],
+                          **detail: Any) -> Iterator[Any]:
+        """Pass a C-MOVE/C-GET's responses through and audit it once it ends: instances sent and failed
+        (an empty data set in a Pending response is a failed sub-operation), cancelled or refused."""
+        sent = failed = 0
+        refused = cancelled = False
+        try:
+            for item in responses:
+                if isinstance(item, tuple) and len(item) == 2:
+                    code, ds = item
+                    if isinstance(code, Dataset):
+                        refused = True  # a failure status with its Error Comment
+                    elif code == status.CANCEL:
+                        cancelled = True
+                    elif code == status.PENDING:
+                        sent, failed = (sent + 1, failed) if ds is not None and len(ds) else (sent, failed + 1)
+                yield item
+        finally:
+            outcome = SERIOUS_FAILURE if refused else MINOR_FAILURE if failed or cancelled else SUCCESS
+            self._audit_qr("retrieve", event, model, identifier, outcome, sent=sent, failed=failed,
+                           cancelled=cancelled, **detail)
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
         request = self._qr_request(event, "move")
@@ -352,8 +430,12 @@ class DicomScp:
             yield None, None  # pynetdicom's only answer before a destination: 0xA801 (reason logged)
             return
         model, calling, identifier = request
-        yield from self.qr.move.move(identifier, model, event.move_destination, lambda: event.is_cancelled,
-                                     calling_ae=calling)
+        destination = event.move_destination.decode("ascii", "replace").strip() \
+            if isinstance(event.move_destination, bytes) else str(event.move_destination).strip()
+        yield from self._audited_retrieve(
+            event, model, identifier,
+            self.qr.move.move(identifier, model, event.move_destination, lambda: event.is_cancelled,
+                              calling_ae=calling), service="C-MOVE", move_destination=destination)
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
         request = self._qr_request(event, "get")
@@ -362,8 +444,10 @@ class DicomScp:
             yield request, None
             return
         model, calling, identifier = request
-        yield from self.qr.get.get(identifier, model, list(event.assoc.accepted_contexts),
-                                   lambda: event.is_cancelled, calling_ae=calling)
+        yield from self._audited_retrieve(
+            event, model, identifier,
+            self.qr.get.get(identifier, model, list(event.assoc.accepted_contexts), lambda: event.is_cancelled,
+                            calling_ae=calling), service="C-GET")
 
     def _on_store(self, event: evt.Event) -> Dataset:
         req = event.request

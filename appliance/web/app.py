@@ -28,6 +28,7 @@ from appliance.status import runtime_record
 from appliance.web.auth import SESSION_COOKIE, LoginThrottle, Sessions
 from appliance.web.events import SeriesFeed
 from appliance.web.views import list_jobs, list_series, list_studies
+from dicom_node.audit import MINOR_FAILURE, AuditTrail, Participant
 from dicom_node.database import Database
 from dicom_node.index import InstanceIndex
 from dicom_node.logfmt import log_event
@@ -50,6 +51,7 @@ class WebContext:
     https: bool = False
     workers_alive: Any = None  # Callable[[], tuple[int, int]] (alive, configured) or None outside a node
     clock: Any = time.time  # the node's clock (dicom_node.clock), which stamps what the page shows
+    audit: AuditTrail | None = None  # the node's audit trail (logins are audited); None: this app's own
 
 
 class FeedbackIn(BaseModel):
@@ -66,6 +68,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     feedback = FeedbackStore(db)
     from appliance.node import make_outbox  # the node imports this module: import its helper late
     outbox = make_outbox(db, config)
+    audit = ctx.audit or AuditTrail(db, clock=ctx.clock)
     sessions = Sessions(ctx.token, config.web.session_hours * 3600.0)
     throttle = LoginThrottle()
     results_dir = config.results_dir
@@ -131,11 +134,14 @@ def create_app(ctx: WebContext) -> FastAPI:
             return login_page("Too many wrong tokens: wait a minute.", 429)
         body = (await request.body())[:4096].decode("utf-8", "replace")
         token = (parse_qs(body).get("token") or [""])[0]
+        participants = [Participant("bedside page user", who, True, "Source")]
         if not sessions.token_matches(token):
             throttle.failed(who)
             log_event(logger, "web.login_failed", level=logging.WARNING, client=who)
+            audit.record("web_login", outcome=MINOR_FAILURE, participants=participants, reason="wrong token")
             return login_page("Wrong token.")
         log_event(logger, "web.login", client=who)
+        audit.record("web_login", participants=participants)
         response = RedirectResponse("/", 303)
         response.set_cookie(SESSION_COOKIE, sessions.issue(), max_age=int(sessions.lifetime_s), httponly=True,
                             samesite="strict", secure=ctx.https, path="/")

@@ -35,8 +35,10 @@ def _bind(address: str, port: int) -> socket.socket:
 
 
 class WebServer:
-    def __init__(self, config: AppConfig, *, workers_alive=None, environ=None, clock=time.time) -> None:  # noqa: ANN001
+    def __init__(self, config: AppConfig, *, workers_alive=None, environ=None, clock=time.time,  # noqa: ANN001
+                 audit=None) -> None:  # noqa: ANN001 - dicom_node.audit.AuditTrail
         self.config = config
+        self.audit = audit
         self.workers_alive = workers_alive
         self.clock = clock
         self.environ = os.environ if environ is None else environ
@@ -56,7 +58,7 @@ class WebServer:
                 raise ConfigError(f"web.certificate {web.certificate} / web.private_key {web.private_key}: "
                                   f"cannot load ({getattr(exc, 'strerror', None) or type(exc).__name__})") from exc
         app = create_app(WebContext(self.config, token, https=https, workers_alive=self.workers_alive,
-                                    clock=self.clock))
+                                    clock=self.clock, audit=self.audit))
         sock = _bind(web.bind_address, web.port)
         self.address = sock.getsockname()[:2]
         uv_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
