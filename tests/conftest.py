@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,3 +327,24 @@ def orthanc_factory(tmp_path: Path) -> Iterator:
     yield make
     for o in started:
         o.stop()
+
+
+def make_test_pki(folder: Path, signed: Sequence[str]) -> dict[str, Path]:
+    """A test CA, a certificate it signed for each name in `signed` (naming 127.0.0.1 only as the DNS name
+    pacs.example, as a site might get it wrong), and a stranger's self-signed one; keys `<name>_pem`,
+    `<name>_key`, `ca_pem`."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=isonode test CA",
+            "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.pem"))
+    for name in signed:
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(folder / f"{name}.key"),
+                "-out", str(folder / f"{name}.csr"))
+        (folder / f"{name}.ext").write_text("subjectAltName=DNS:pacs.example\n")
+        openssl("x509", "-req", "-in", str(folder / f"{name}.csr"), "-CA", str(folder / "ca.pem"), "-CAkey",
+                str(folder / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(folder / f"{name}.ext"),
+                "-out", str(folder / f"{name}.pem"))
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
+            "-keyout", str(folder / "stranger.key"), "-out", str(folder / "stranger.pem"))
+    return {p.stem + p.suffix.replace(".", "_"): p for p in folder.iterdir()}

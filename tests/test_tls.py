@@ -8,29 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require_tool, shared_case, store_responses
+from conftest import free_port, make_test_pki, require_tool, shared_case, store_responses
 
 SLICE = "dcmqa_ge_head_gantry_tilt"
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, Path]:
     """A CA, the node's certificate and a sender's certificate it signed, and a stranger's self-signed one."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=isonode test CA",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name in ("node", "sender"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
-                 "-out", str(d / f"{name}.csr"))
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                 "-CAcreateserial", "-days", "2", "-out", str(d / f"{name}.pem"))
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
-             "-keyout", str(d / "stranger.key"), "-out", str(d / "stranger.pem"))
-    return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
+    return make_test_pki(tmp_path_factory.mktemp("pki"), ("node", "sender"))
 
 
 def _tls_node(node_factory, pki, **tls) -> object:

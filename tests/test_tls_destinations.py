@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import NODE_AE, REPO, free_port, require_tool, shared_case, storescu
+from conftest import NODE_AE, REPO, free_port, make_test_pki, require_tool, shared_case, storescu
 from test_outbox import FAST, events, wait_until, write_sc
 
 from appliance.outbox import Destination, Outbox, OutboxSender
@@ -25,26 +25,11 @@ CASE = "dcmqa_ge_head_gantry_tilt"  # 28 slices
 STORE_ONLY = "\nrouting: {default_modalities: []}\n"
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, Path]:
     """A CA; a destination's and the node's certificates it signed (the destination's names 127.0.0.1 only
     as a DNS name, as a site might get it wrong); a stranger's self-signed one."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=isonode test CA",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name in ("dest", "node"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
-                 "-out", str(d / f"{name}.csr"))
-        (d / f"{name}.ext").write_text("subjectAltName=DNS:pacs.example\n")
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                 "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
-             "-keyout", str(d / "stranger.key"), "-out", str(d / "stranger.pem"))
-    return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
+    return make_test_pki(tmp_path_factory.mktemp("pki"), ("dest", "node"))
 
 
 class TlsStoreScp:
