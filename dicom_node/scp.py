@@ -67,6 +67,7 @@ from dicom_node.sockets import set_tcp_nodelay
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, PROCESSED_IMAGE_CLASSES
 from dicom_node.spool import InvalidUIDError, SpoolLayout, check_uid, free_bytes, place, write_temp
 from dicom_node.tls import TlsSettings, server_context
+from dicom_node.wellformed import MalformedElementError, check_elements
 
 logger = logging.getLogger(__name__)
 
@@ -506,6 +507,10 @@ class DicomScp:
         except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, KeyError, IndexError) as exc:
             # the exception's text may quote a value (a name, an ID): only its type is logged
             return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot parse data set: {type(exc).__name__}")
+        try:
+            check_elements(ds)  # what is acknowledged can be read back in full, by us and by any reader
+        except MalformedElementError as exc:
+            return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot read data set: {exc}")
         if not ds_class:
             return fail(status.CANNOT_UNDERSTAND_MISSING_UID, "SOPClassUID is missing or empty")
         if ds_class != sop_class_uid:

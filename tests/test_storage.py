@@ -521,3 +521,16 @@ def test_old_finished_jobs_and_acknowledged_deliveries_are_pruned_with_their_ser
     assert report.series_deleted == 1 and report.records_pruned == 2
     assert not db.connection.execute("SELECT 1 FROM jobs WHERE series_uid = ?", (uid,)).fetchone()
     assert not db.connection.execute("SELECT 1 FROM outbox").fetchone()
+
+
+def test_a_data_set_with_an_element_that_cannot_be_read_is_refused_not_acknowledged(tmp_path, db):
+    """Found by the malformed-input campaign: a private creator's VR changed from LO to SL leaves a 6-byte
+    SL, which no reader can read; it used to be acknowledged and stored."""
+    scp, index = _scp(tmp_path, db)
+    ds = pydicom.dcmread(write_ct_series(make_phantom((1, 16, 16), (1, 1, 1)).hu, tmp_path / "src",
+                                         spacing=(1, 1, 1))[0])
+    ds.add_new(0x00091010, "LO", "ACME 1")  # a private creator, 6 bytes
+    body = _encoded(ds).replace(b"\x09\x00\x10\x10LO", b"\x09\x00\x10\x10SL")
+    outcome = scp.store(body, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
+    assert outcome.status == 0xC210 and "(0009,1010) (SL): 6 bytes" in outcome.reason
+    assert index.counts()["instances"] == 0
