@@ -1,7 +1,8 @@
 """Is every element of a received data set readable? A C-STORE is acknowledged only for an object the
 node can read back in full: the node itself reads a few attributes, but a PACS retrieving the object, or
 a viewer, reads them all. Checked cheaply on the raw elements: a value whose length is not a whole number
-of its VR's fixed-size items (a 6-byte SL, say) cannot be read, and sequences are checked item by item.
+of its VR's fixed-size items (a 6-byte SL, say), or whose VR is none of PS3.5's, cannot be read, and
+sequences are checked item by item.
 About 0.2 ms for a CT header, against 1.2 ms for converting every element.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.valuerep import VR
 
 # Bytes per value of the VRs whose values have a fixed size (PS3.5 6.2).
 ITEM_BYTES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2, "SV": 8,
               "UL": 4, "US": 2, "UV": 8}
 UNDEFINED_LENGTH = 0xFFFFFFFF
+KNOWN_VRS = frozenset(vr.value for vr in VR)
 
 
 class MalformedElementError(ValueError):
@@ -38,6 +41,8 @@ def check_elements(ds: Dataset, depth: int = 0) -> None:
         if not isinstance(elem, RawDataElement):
             continue  # already read by the decoder
         vr = _vr_of(elem)
+        if not all(v.strip() in KNOWN_VRS for v in vr.split(" or ")):
+            raise MalformedElementError(f"element {elem.tag}: unknown VR {vr.encode('ascii', 'backslashreplace')!r}")
         if vr == "SQ" or elem.length == UNDEFINED_LENGTH and vr in ("UN", "SQ"):
             try:
                 items = ds[elem.tag].value

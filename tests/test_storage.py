@@ -533,4 +533,7 @@ def test_a_data_set_with_an_element_that_cannot_be_read_is_refused_not_acknowled
     body = _encoded(ds).replace(b"\x09\x00\x10\x10LO", b"\x09\x00\x10\x10SL")
     outcome = scp.store(body, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
     assert outcome.status == 0xC210 and "(0009,1010) (SL): 6 bytes" in outcome.reason
+    unknown_vr = _encoded(ds).replace(b"\x09\x00\x10\x10LO", b"\x09\x00\x10\x10XX")
+    outcome = scp.store(unknown_vr, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
+    assert outcome.status == 0xC210 and "unknown VR" in outcome.reason
     assert index.counts()["instances"] == 0
