@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export TCP_NODELAY := 1
 
-.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda gpu-check web
+.PHONY: run test test-fast bench lint system-deps test-deps model clean cuda gpu-check web campaigns
 
 $(VENV)/.stamp-base: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,9 +50,15 @@ NODE_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=42949672
 run: $(VENV)/.stamp-base web
 	$(NODE_MALLOC) $(VENV)/bin/isonode serve --config firmware_config/isonode.yaml
 
+# The whole suite, with the small version of every hardening campaign; their full runs are `make campaigns`.
 test: system-deps $(VENV)/.stamp-test web
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not campaign"
+
+# The hardening campaigns at full size (kill -9 200 times, 1040 malformed inputs, disk full held 45 s, 4 senders
+# of 512x512 series), each printing its seed and figures: about 15-20 min on 2 cores.
+campaigns: system-deps $(VENV)/.stamp-test web
+	$(VENV)/bin/pytest -q -s -m campaign
 
 # The default suite minus the tests marked slow.
 test-fast: system-deps $(VENV)/.stamp-test web

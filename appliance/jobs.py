@@ -17,7 +17,7 @@ from typing import Any
 from dicom_node.clock import Clock
 from dicom_node.database import Database
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,10 +42,15 @@ CREATE TABLE IF NOT EXISTS job_progress (
     job_id INTEGER PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
     attempt INTEGER NOT NULL,
     stages TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_interruptions (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    count INTEGER NOT NULL
 )
 """
 
 JOB_STATES = ("queued", "running", "done", "failed")
+MAX_INTERRUPTIONS = 20  # node crashes during one job that do not count as attempts
 PROCESS_SERIES = "process_series"
 
 # The next job to run: queued and due, or running with an expired lease. Previews go first, across
@@ -218,15 +223,32 @@ class JobQueue:
         return [r["d"] for r in rows if r["d"]]
 
     def requeue_running(self) -> int:
-        """At start-up of the only node on this database: every running job was orphaned by a crash."""
+        """At start-up of the only node on this database: every running job was orphaned by a crash (a
+        kill -9, a power cut) and goes back to the queue with its attempt given back, so crashes do not use
+        up a job's retries; past MAX_INTERRUPTIONS crashes during one job they count again, so a series
+        that takes the node down every time still ends `failed` instead of crash-looping it."""
         now = self.clock()
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ?,"
-                " updated_at = ? WHERE state = 'running'",
-                (now, now),
-            )
-            return cur.rowcount
+            running = [r["id"] for r in conn.execute("SELECT id FROM jobs WHERE state = 'running'")]
+            for job_id in running:
+                conn.execute("INSERT INTO job_interruptions (job_id, count) VALUES (?, 1)"
+                             " ON CONFLICT (job_id) DO UPDATE SET count = count + 1", (job_id,))
+                (count,) = conn.execute("SELECT count FROM job_interruptions WHERE job_id = ?", (job_id,)).fetchone()
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - ?, 0), lease_owner = NULL,"
+                    " lease_expires_at = NULL, not_before = ?, updated_at = ? WHERE id = ?",
+                    (int(count <= MAX_INTERRUPTIONS), now, now, job_id))
+            return len(running)
+
+    def postpone(self, job_id: int, owner: str, delay_s: float, reason: str) -> None:
+        """Give the job back for later without using up its attempt: what stopped it (a full disk) is
+        the node's state, not the series', and passes."""
+        now = self.clock()
+        self._update_owned(
+            job_id, owner,
+            "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,"
+            " lease_expires_at = NULL, not_before = ?, updated_at = ?, last_error = ?",
+            (now + delay_s, now, reason))
 
     def retry(self, job_id: int) -> bool:
         """Operator action: put a failed job back in the queue with fresh attempts, due at once (0, not

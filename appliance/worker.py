@@ -3,6 +3,8 @@ job and queue its deliveries in one transaction."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import socket
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 # Input problems: retrying cannot help, the job fails at once with the reason (a writer refusing what the
 # pipeline made from this series would refuse it again).
 PERMANENT_ERRORS = (VolumeError, PixelDecodeError, SegError, SurfaceSegmentationError, SecondaryCaptureError)
+DISK_FULL_RETRY_S = 15.0  # a job stopped by a full disk tries again this often, without using up attempts
 PRIORITY = {"preview": 0, "full": 1}  # outbox order: a preview never waits behind a full result
 
 
@@ -177,6 +180,17 @@ class Worker(threading.Thread):
         except PERMANENT_ERRORS as exc:
             done.set()
             self._record_failure(job, f"{type(exc).__name__}: {exc}", retryable=False)
+            return
+        except OSError as exc:
+            done.set()
+            if exc.errno != errno.ENOSPC:
+                logger.exception("job.error", extra={"fields": {"job": job.id}})
+                self._record_failure(job, f"{type(exc).__name__}: {exc}", retryable=True)
+                return
+            # a full disk is the node's state, not the series': wait for space without using up attempts
+            log_event(logger, "job.waiting_for_disk", level=logging.WARNING, job=job.id, retry_s=DISK_FULL_RETRY_S)
+            with contextlib.suppress(LeaseLostError):  # the lease was lost: the job is someone else's
+                self.jobs.postpone(job.id, self.owner, DISK_FULL_RETRY_S, "disk full: waiting for free space")
             return
         except Exception as exc:
             done.set()

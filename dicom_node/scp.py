@@ -508,7 +508,8 @@ class DicomScp:
             # the exception's text may quote a value (a name, an ID): only its type is logged
             return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot parse data set: {type(exc).__name__}")
         try:
-            check_elements(ds)  # what is acknowledged can be read back in full, by us and by any reader
+            # what is acknowledged can be read back in full, by us and by any reader
+            check_elements(ds, explicit_vr=not ts.is_implicit_VR)
         except MalformedElementError as exc:
             return fail(status.CANNOT_UNDERSTAND_UNPARSABLE, f"cannot read data set: {exc}")
         if not ds_class:

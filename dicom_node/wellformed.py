@@ -33,13 +33,20 @@ def _vr_of(raw: RawDataElement) -> str:
         return "UN"  # a private or unknown element in implicit VR: opaque bytes, always readable
 
 
-def check_elements(ds: Dataset, depth: int = 0) -> None:
-    """Raise MalformedElementError for the first element whose value cannot be read."""
+def check_elements(ds: Dataset, *, explicit_vr: bool, depth: int = 0) -> None:
+    """Raise MalformedElementError for the first element whose value cannot be read. In an explicit VR
+    data set every element must carry a VR of PS3.5's (pydicom guesses implicit VR for an item whose VR
+    bytes are not one, and the object would then read differently elsewhere)."""
     if depth > 16:
         raise MalformedElementError("sequences nested more than 16 deep")
     for elem in ds.elements():
         if not isinstance(elem, RawDataElement):
-            continue  # already read by the decoder
+            if elem.VR == "SQ":  # the decoder parses sequences at once; their items' elements stay raw
+                for item in elem.value or ():
+                    check_elements(item, explicit_vr=explicit_vr, depth=depth + 1)
+            continue  # otherwise already read by the decoder
+        if explicit_vr and not elem.VR:
+            raise MalformedElementError(f"element {elem.tag}: no valid VR in an explicit VR data set")
         vr = _vr_of(elem)
         if not all(v.strip() in KNOWN_VRS for v in vr.split(" or ")):
             raise MalformedElementError(f"element {elem.tag}: unknown VR {vr.encode('ascii', 'backslashreplace')!r}")
@@ -49,7 +56,7 @@ def check_elements(ds: Dataset, depth: int = 0) -> None:
             except Exception as exc:
                 raise MalformedElementError(f"sequence {elem.tag} cannot be read ({type(exc).__name__})") from exc
             for item in items or ():
-                check_elements(item, depth + 1)
+                check_elements(item, explicit_vr=explicit_vr, depth=depth + 1)
             continue
         sizes = {ITEM_BYTES.get(v.strip()) for v in vr.split(" or ")}  # e.g. "US or SS": 2 either way
         size = sizes.pop() if len(sizes) == 1 else None

@@ -361,6 +361,7 @@ def test_malformed_corpus_gets_failures_or_safe_successes_and_the_node_survives_
 
 
 @pytest.mark.slow
+@pytest.mark.campaign
 @pytest.mark.timeout(1800)
 def test_malformed_corpus_of_1000_gets_failures_or_safe_successes_and_the_node_survives(tmp_path, sources):
     run_campaign(tmp_path, sources, seed=20262, n=1040)

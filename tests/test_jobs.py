@@ -175,3 +175,29 @@ def test_a_clean_shutdown_gives_back_held_jobs_without_counting_the_attempt(queu
     assert release_unfinished(queue, [worker]) == 1
     job = queue.get(job_id)
     assert (job.state, job.attempts) == ("queued", 0)
+
+
+def test_crashes_during_a_job_do_not_use_up_its_attempts_until_they_look_like_a_crash_loop(tmp_path):
+    from appliance.jobs import MAX_INTERRUPTIONS
+
+    queue = JobQueue(Database(tmp_path / "db.sqlite"), max_attempts=3)
+    job_id = queue.enqueue(kind="process_series", series_uid="1.2.3", series_version=1)
+    for _ in range(MAX_INTERRUPTIONS):  # kill -9 while it runs, then the node starts again
+        assert queue.claim("w", lease_s=60).id == job_id
+        assert queue.requeue_running() == 1
+    assert queue.get(job_id).attempts == 0 and queue.get(job_id).state == "queued"
+    for _ in range(3):  # from here on every crash counts: a series that kills the node ends failed
+        queue.claim("w", lease_s=60)
+        queue.requeue_running()
+    assert queue.claim("w", lease_s=60) is None and queue.get(job_id).state == "failed"
+
+
+def test_a_postponed_job_keeps_its_attempt_and_waits(tmp_path):
+    queue = JobQueue(Database(tmp_path / "db.sqlite"), max_attempts=1)
+    job_id = queue.enqueue(kind="process_series", series_uid="1.2.3", series_version=1)
+    job = queue.claim("w", lease_s=60)
+    queue.postpone(job.id, "w", 15.0, "disk full: waiting for free space")
+    after = queue.get(job_id)
+    assert (after.state, after.attempts, after.last_error) == ("queued", 0, "disk full: waiting for free space")
+    assert queue.claim("w", lease_s=60, now=queue.clock() + 1) is None  # not before its delay
+    assert queue.claim("w", lease_s=60, now=queue.clock() + 20).id == job_id

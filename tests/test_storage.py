@@ -536,4 +536,10 @@ def test_a_data_set_with_an_element_that_cannot_be_read_is_refused_not_acknowled
     unknown_vr = _encoded(ds).replace(b"\x09\x00\x10\x10LO", b"\x09\x00\x10\x10XX")
     outcome = scp.store(unknown_vr, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
     assert outcome.status == 0xC210 and "unknown VR" in outcome.reason
+    item = pydicom.Dataset()
+    item.CodeMeaning = "Ribs"
+    ds.add_new(0x00081032, "SQ", [item])  # Procedure Code Sequence: the bad VR inside an item
+    in_item = _encoded(ds).replace(b"\x08\x00\x04\x01LO", b"\x08\x00\x04\x01\x4c\xf0")
+    outcome = scp.store(in_item, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID)
+    assert outcome.status == 0xC210 and "(0008,0104)" in outcome.reason
     assert index.counts()["instances"] == 0
