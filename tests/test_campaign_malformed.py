@@ -137,8 +137,11 @@ def send_raw(port: int, m: Mutant, timeout: float = 120.0) -> Outcome:
     try:
         req = C_STORE()
         req.MessageID = 1
-        req.AffectedSOPClassUID = m.sop_class
-        req.AffectedSOPInstanceUID = m.sop_instance
+        try:
+            req.AffectedSOPClassUID = m.sop_class
+            req.AffectedSOPInstanceUID = m.sop_instance
+        except ValueError:  # pynetdicom will not encode a command with such a UID: it never reaches the node
+            return Outcome(not_sent="command UID not encodable")  # (the association is released below)
         req.Priority = 2
         req.DataSet = BytesIO(m.dataset)
         assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
