@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from conftest import NODE_AE, require_tool, store_responses
+from conftest import NODE_AE, require_tool, store_responses, wait_until  # noqa: F401 - re-exported to the campaigns
 
 from compiler.phantom import make_phantom, write_ct_series
 
@@ -156,16 +156,6 @@ class NodeDb:
         return (self.count("SELECT COUNT(*) FROM series WHERE state = 'receiving'") == 0
                 and self.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')") == 0
                 and self.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'") == 0)
-
-
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.1):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def percentile(values: list[float], q: float) -> float:

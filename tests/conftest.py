@@ -348,3 +348,14 @@ def make_test_pki(folder: Path, signed: Sequence[str]) -> dict[str, Path]:
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
             "-keyout", str(folder / "stranger.key"), "-out", str(folder / "stranger.pem"))
     return {p.stem + p.suffix.replace(".", "_"): p for p in folder.iterdir()}
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", poll: float = 0.1):  # noqa: ANN001, ANN201
+    """Until `predicate()` is truthy, which is returned; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"timed out waiting for {what}")

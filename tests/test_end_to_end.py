@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import dciodvfy_errors, free_port, shared_case, storescu
+from conftest import dciodvfy_errors, free_port, shared_case, storescu, wait_until
 
 from appliance.outbox import Outbox
 from dicom_node.database import Database
@@ -41,16 +41,6 @@ def _series_files() -> list[Path]:
     return sorted((shared_case(CASE) / "ct_dicom").glob("*.dcm"))
 
 
-def _wait(predicate, timeout: float, what: str, poll: float = 0.5):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def _results_in(orthanc) -> dict[str, list[str]]:  # noqa: ANN001
     by_class = orthanc.instances_by_class()
     return {SURFACE_SEG: by_class.get(SURFACE_SEG, []), SEG: by_class.get(SEG, [])}
@@ -70,7 +60,7 @@ def test_orthanc_pushes_a_real_ct_series_and_gets_preview_and_full_surfaces_and_
     (series_id,) = orthanc.get("/series")
     orthanc.post("/modalities/isonode/store", {"Resources": [series_id], "Synchronous": True})
 
-    results = _wait(lambda: (r := _results_in(orthanc)) and len(r[SURFACE_SEG]) == 2 and len(r[SEG]) == 2 and r,
+    results = wait_until(lambda: (r := _results_in(orthanc)) and len(r[SURFACE_SEG]) == 2 and len(r[SEG]) == 2 and r,
                     timeout=240, what="preview and full results in Orthanc")
 
     source = assemble_volume(files)
@@ -131,7 +121,7 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_it_is_up(node_facto
     node.wait_for(lambda s: "outbox.retry" in node.log_text(), what="a failed delivery attempt")
 
     orthanc = orthanc_factory(dicom_port=orthanc_port).start()
-    _wait(lambda: len(_results_in(orthanc)[SURFACE_SEG]) == 1 and len(_results_in(orthanc)[SEG]) == 1,
+    wait_until(lambda: len(_results_in(orthanc)[SURFACE_SEG]) == 1 and len(_results_in(orthanc)[SEG]) == 1,
           timeout=60, what="results delivered after Orthanc came up")
     assert node.wait_for(lambda s: s["outbox"]["states"]["done"] == 3, what="deliveries done")
 

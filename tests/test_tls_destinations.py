@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import NODE_AE, REPO, free_port, make_test_pki, require_tool, shared_case, storescu
-from test_outbox import FAST, events, wait_until, write_sc
+from conftest import NODE_AE, REPO, free_port, make_test_pki, require_tool, shared_case, storescu, wait_until
+from test_outbox import FAST, events, write_sc
 
 from appliance.outbox import Destination, Outbox, OutboxSender
 from dicom_node.database import Database
