@@ -196,8 +196,8 @@ def well_formed_problem(node: NodeProcess, sop_instance: str) -> tuple[str, str]
     """(problem, nonconformance) of the instance the node acknowledged. A problem makes the Success unsafe:
     not indexed, pydicom cannot read every element's value, the UIDs are invalid or inconsistent, the pixel
     data does not decode to Rows x Columns (x frames). A nonconformance is counted and printed, not failed:
-    a value pydicom's strict validation refuses, or a standard attribute in a VR its dictionary does not
-    give (a receiver may store those as sent)."""
+    a value pydicom's strict validation refuses, a decimal or integer string that is not a number, or a
+    standard attribute in a VR its dictionary does not give (a receiver may store those as sent)."""
     with sqlite3.connect(f"file:{node.data_dir / 'isonode.db'}?mode=ro", uri=True, timeout=30) as db:
         row = db.execute("SELECT relpath FROM instances WHERE sop_instance_uid = ?", (sop_instance,)).fetchone()
     if row is None:
@@ -216,6 +216,12 @@ def well_formed_problem(node: NodeProcess, sop_instance: str) -> tuple[str, str]
         arr = ds.pixel_array
         if arr.size != frames * int(ds.Rows) * int(ds.Columns):
             return f"pixel data decodes to {arr.shape}, not {frames}x{ds.Rows}x{ds.Columns}", ""
+    except ValueError as exc:
+        if str(exc).startswith(("could not convert string to float", "invalid literal for int()")):
+            # a DS or IS that is not a number: a value stored as sent, like an invalid UI outside the four
+            # UIDs the node checks (the node does not validate every value, by design)
+            return "", f"numeric string not a number: {str(exc)[:100]}"
+        return f"unreadable: {type(exc).__name__}: {str(exc)[:160]}", ""
     except Exception as exc:  # noqa: BLE001 - any failure to read it is the finding
         return f"unreadable: {type(exc).__name__}: {str(exc)[:160]}", ""
     for elem in ds.iterall():
