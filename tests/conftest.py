@@ -359,3 +359,38 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", poll: 
             return value
         time.sleep(poll)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def send_raw_c_store(assoc, sop_class: str, sop_instance: str, payload: bytes,  # noqa: ANN001 - Association
+                     timeout: float) -> int | None:
+    """A C-STORE whose data set is exactly `payload`, sent on an established association: pynetdicom's DIMSE
+    layer fragments the bytes as they are, never decoding or re-encoding them. The status, or None if the
+    peer aborted; ValueError if pynetdicom will not encode such a command UID, TimeoutError without either."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    # pause the association's reactor so it cannot take the response off the queue before we do
+    # (what pynetdicom's send_* methods do internally)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        req = C_STORE()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = sop_instance
+        req.Priority = 2
+        req.DataSet = BytesIO(payload)
+        assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, rsp = assoc.dimse.get_msg(block=False)
+            if rsp is not None:
+                return int(rsp.Status)
+            if not assoc.dul.is_alive() or assoc.dul.state_machine.current_state == "Sta1":
+                return None
+            time.sleep(0.0005)
+        raise TimeoutError(f"no C-STORE response and no abort within {timeout} s")
+    finally:
+        assoc._reactor_checkpoint.set()

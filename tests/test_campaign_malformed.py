@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -29,6 +28,7 @@ from conftest import (
     NodeProcess,
     free_port,
     require_tool,
+    send_raw_c_store,
     shared_case,
     store_responses,
     write_node_config,
@@ -37,7 +37,6 @@ from malformed_corpus import Corpus, Mutant, load_source
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
 from pynetdicom import AE
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
 MB = 1024 * 1024
@@ -130,34 +129,16 @@ def send_raw(port: int, m: Mutant, timeout: float = 120.0) -> Outcome:
     if not assoc.accepted_contexts:
         assoc.release()
         return Outcome(not_sent="presentation context refused")
-    # pause the association's reactor so it cannot take the response off the queue before we do
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
     try:
-        req = C_STORE()
-        req.MessageID = 1
-        try:
-            req.AffectedSOPClassUID = m.sop_class
-            req.AffectedSOPInstanceUID = m.sop_instance
-        except ValueError:  # pynetdicom will not encode a command with such a UID: it never reaches the node
-            return Outcome(not_sent="command UID not encodable")  # (the association is released below)
-        req.Priority = 2
-        req.DataSet = BytesIO(m.dataset)
-        assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _, rsp = assoc.dimse.get_msg(block=False)
-            if rsp is not None:
-                return Outcome(status=int(rsp.Status))
-            if not assoc.dul.is_alive() or assoc.dul.state_machine.current_state == "Sta1":
-                return Outcome(aborted=True)
-            time.sleep(0.0005)
-        raise AssertionError(f"{m.name}: no response and no abort within {timeout} s")
+        status = send_raw_c_store(assoc, m.sop_class, m.sop_instance, m.dataset, timeout)
+    except ValueError:  # pynetdicom will not encode a command with such a UID: it never reaches the node
+        return Outcome(not_sent="command UID not encodable")
+    except TimeoutError as exc:
+        raise AssertionError(f"{m.name}: {exc}") from exc
     finally:
-        assoc._reactor_checkpoint.set()
         if assoc.is_established:
             assoc.release()
+    return Outcome(aborted=True) if status is None else Outcome(status=status)
 
 
 STORESCU_TEXT = {  # storescu -v's words for a status, when the node's log has no refusal to read the code from

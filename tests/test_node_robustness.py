@@ -6,17 +6,15 @@ import contextlib
 import socket
 import subprocess
 import time
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from conftest import NODE_AE, echoscu, require_tool, store_responses, storescu
+from conftest import NODE_AE, echoscu, require_tool, send_raw_c_store, store_responses, storescu
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEGLSLossless
 from pynetdicom import AE
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from compiler.phantom import make_phantom, write_ct_series
@@ -93,24 +91,11 @@ def _raw_c_store(port: int, sop_class: str, sop_instance: str, payload: bytes, t
     ae.add_requested_context(sop_class, ts)
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established
-    # Pause the association's own reactor so it cannot take the response off the queue before we do
-    # (what pynetdicom's send_* methods do internally).
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
     try:
-        req = C_STORE()
-        req.MessageID = 1
-        req.AffectedSOPClassUID = sop_class
-        req.AffectedSOPInstanceUID = sop_instance
-        req.Priority = 2
-        req.DataSet = BytesIO(payload)
-        assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
-        _, rsp = assoc.dimse.get_msg(block=True)
-        assert rsp is not None, "no C-STORE response within the DIMSE timeout"
-        return int(rsp.Status)
+        status = send_raw_c_store(assoc, sop_class, sop_instance, payload, timeout=60)
+        assert status is not None, "the node aborted instead of answering"
+        return status
     finally:
-        assoc._reactor_checkpoint.set()
         assoc.release()
 
 
