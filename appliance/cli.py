@@ -247,8 +247,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import time
 
     from appliance.inference.grid import grid_of
-    from appliance.inference.nifti import write_label_nifti
-    from appliance.pipeline import read_series, segment_volume
+    from appliance.inference.nifti import label_names, write_label_nifti
+    from appliance.pipeline import held_back, read_series, segment_volume
     from dicom_node.volume import VolumeError
 
     configure_logging(args.log_level)
@@ -269,16 +269,22 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     t_volume = time.perf_counter() - t1
     result = segment_volume(volume, runtime, args.mode)
     t2 = time.perf_counter()
-    labels = result.labels_on(grid_of(volume.array, volume.affine))
+    table = runtime.bundle.manifest.labels
+    # held back (the default), an experimental class is body, as in the node's results
+    labels = held_back(result.labels_on(grid_of(volume.array, volume.affine)), table, args.experimental)
     t_back = time.perf_counter() - t2
     t3 = time.perf_counter()
-    out, jpath = write_label_nifti(labels, volume.affine, args.out, runtime.bundle.label_names())
+    out, jpath = write_label_nifti(labels, volume.affine, args.out, label_names(table, args.experimental))
     t_write = time.perf_counter() - t3
     stages = {"runtime start": runtime.start_s, "read+assemble": t_volume, **result.timings,
               "to CT grid": t_back, "write": t_write, "total": time.perf_counter() - t0}
     _print_choice(runtime, args.mode)
     for name, secs in stages.items():
         print(f"{name:14s} {secs:8.3f} s")
+    held = [lab.name for lab in table if lab.experimental]
+    if held:
+        print(f"experimental classes {', '.join(held)}: "
+              + ("included, marked in " + jpath.name if args.experimental else "held back as body (--experimental)"))
     print(f"wrote {out} {labels.shape[::-1]} and {jpath}")
     return 0
 
@@ -401,10 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_retry.add_argument("job_id", type=int)
     jobs_retry.set_defaults(func=_cmd_jobs)
 
-    seg = sub.add_parser("segment", help="segment a DICOM series folder with the bundled model -> NIfTI")
+    seg = sub.add_parser(
+        "segment", help="segment a DICOM series folder with the bundled model -> NIfTI",
+        description="Segment a DICOM series folder with the bundled model: OUT.nii.gz, the label map on the "
+                    "original CT grid (uint8), and OUT.labels.json, a JSON object mapping each label value "
+                    "(a decimal string) to its class name, e.g. {\"1\": \"body\", \"2\": \"bone\"}. The classes the "
+                    "bundle marks experimental are held back (their voxels are body) unless --experimental "
+                    "is given; then they are listed with \" (experimental)\" after the name, e.g. "
+                    "{\"8\": \"liver (experimental)\"}.")
     seg.add_argument("series_dir", type=Path)
     seg.add_argument("--mode", choices=["preview", "full"], default="preview")
     seg.add_argument("--out", type=Path, required=True, help="OUT.nii.gz (label map on the original CT grid)")
+    seg.add_argument("--experimental", action="store_true",
+                     help="also label the experimental classes (not validated; marked in OUT.labels.json)")
     _add_runtime_flags(seg)
     seg.set_defaults(func=_cmd_segment)
 
@@ -414,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--mode", choices=["preview", "full"], default="preview")
     proc.add_argument("--out", type=Path, required=True, help="folder for the .dcm objects (and STL/PLY)")
     proc.add_argument("--config", type=Path, default=None, help="YAML config for meshing and output settings")
-    proc.add_argument("--experimental", action="store_true", help="also describe the experimental classes")
+    proc.add_argument("--experimental", action="store_true",
+                      help="also describe the experimental classes (labelled experimental in every object); "
+                           "without it they are held back as body")
     proc.add_argument("--no-seg", action="store_true", help="Surface Segmentation only, no DICOM SEG")
     proc.add_argument("--mesh-files", default="", metavar="stl,ply", help="also write STL and/or PLY per segment")
     proc.add_argument("--mc-backend", choices=["auto", "cpu", "cuda"], default="auto", help="marching cubes")

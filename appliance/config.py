@@ -296,7 +296,9 @@ class RoutingRule(_Strict):
     series_description: str | None = None
     modes: list[Mode] = Field(default_factory=lambda: ["preview", "full"])
     destinations: list[str] | None = Field(None, description="destination names; unset = every destination")
-    experimental_segments: bool = Field(False, description="also send the bundle's experimental classes")
+    experimental_segments: bool = Field(False, description="also send the bundle's experimental classes, "
+                                        "each labelled experimental (Segment Label and Description, page, "
+                                        "view); unset, their voxels count as body in every result")
     rendered_view: list[Mode] | None = Field(None, description="modes whose result series also holds the "
                                              "rendered 3D view; unset = output.rendered_view")
 

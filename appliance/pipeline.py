@@ -2,6 +2,8 @@
 
     files -> `read_series` -> SeriesInput (Volume + source description)
           -> `segment_volume` -> SegmentationResult (labels on the model grid)
+          -> `shown_result` -> the labels as the result shows them (`held_back`: an experimental class
+             the route does not ask for is body, not a hole)
           -> `mesh_result` -> one Mesh per segment (patient LPS mm)
           -> `encode_results` -> ResultObject list (Surface Segmentation, SEG, rendered view, optional STL/PLY)
           -> `write_results` -> files under the job's result directory
@@ -39,6 +41,8 @@ from dicom_node.derived import (
     SegmentInfo,
     SourceRef,
     SourceSeries,
+    experimental_description,
+    experimental_label,
     part10_bytes,
 )
 from dicom_node.logfmt import log_event
@@ -143,25 +147,66 @@ def output_labels(bundle: ModelBundle, experimental: bool) -> list[Label]:
     return [lab for lab in bundle.manifest.labels if experimental or not lab.experimental]
 
 
+HOST_CLASS = "body"
+
+
+def host_value(table: Sequence[Label]) -> int:
+    """The label value a held-back experimental voxel takes: the validated class named "body". The
+    post-processing (`postprocess.confine_experimental`, host "body") leaves an experimental organ only
+    voxels the validated classes would call body, so body is what they are without the organ. 0
+    (background) only for a bundle without a validated body class."""
+    return next((lab.value for lab in table if lab.name == HOST_CLASS and not lab.experimental), 0)
+
+
+def held_back(labels: np.ndarray, table: Sequence[Label], include_experimental: bool) -> np.ndarray:
+    """The uint8 label map as a result shows it: the classes `table` marks experimental become the host
+    class (`host_value`) unless the route (or `isonode segment --experimental`) asks for them. They lie
+    inside the patient, so mapping them to background would cut holes in the body; every consumer (SEG,
+    meshes, display, volumes, the NIfTI of `isonode segment`) reads the labels through this function.
+    Returns `labels` itself when nothing is held back, else a new array."""
+    experimental = [lab.value for lab in table if lab.experimental]
+    if include_experimental or not experimental:
+        return labels
+    lut = np.arange(256, dtype=np.uint8)
+    lut[experimental] = host_value(table)
+    return lut[labels]
+
+
+def shown_result(result: SegmentationResult, include_experimental: bool) -> SegmentationResult:
+    """`result` with its labels as the result shows them (`held_back`)."""
+    return replace(result, labels=held_back(result.labels, result.label_table, include_experimental))
+
+
 def mesh_result(result: SegmentationResult, labels: Sequence[Label], settings: MeshSettings,
                 runtime: Runtime) -> SegmentMeshes:
-    """One cleaned surface per class in `labels` that is present, on the model grid, in LPS mm."""
+    """One cleaned surface per class in `labels` that is present, on the model grid, in LPS mm. Give it
+    the `shown_result`: a held-back class meshed as a cavity would leave a hole in the body surface."""
     return mesh_segments(result.labels, result.affine, [lab.value for lab in labels], settings,
                          backend=runtime.mc_backend, threads=runtime.threads)
 
 
-def segment_infos(labels: Sequence[Label], present: set[int]) -> list[SegmentInfo]:
-    """Segments numbered 1..n in bundle order over the classes that have a surface."""
+def segment_infos(labels: Sequence[Label], present: set[int], algorithm: AlgorithmInfo) -> list[SegmentInfo]:
+    """Segments numbered 1..n in bundle order over the classes that have a surface. An experimental class
+    says so in its label and description (`derived.experimental_label`, `experimental_description`):
+    every object, view and page that names the segment shows it."""
     out = []
     for lab in labels:
         if lab.value not in present:
             continue
         out.append(SegmentInfo(
-            number=len(out) + 1, label_value=lab.value, label=lab.type.meaning,
+            number=len(out) + 1, label_value=lab.value,
+            label=experimental_label(lab.type.meaning) if lab.experimental else lab.type.meaning,
             category=Code(lab.category.code, lab.category.scheme, lab.category.meaning),
             type=Code(lab.type.code, lab.type.scheme, lab.type.meaning),
-            color_rgb=tuple(lab.color), tracking_id=lab.name))  # type: ignore[arg-type]
+            color_rgb=tuple(lab.color), tracking_id=lab.name,  # type: ignore[arg-type]
+            description=experimental_description(algorithm) if lab.experimental else "",
+            experimental=lab.experimental))
     return out
+
+
+def mesh_file_name(segment: SegmentInfo, kind: str) -> str:
+    """The STL/PLY file of a segment; these formats carry no label, so an experimental one says so here."""
+    return f"{segment.number:02d}_{segment.tracking_id}{'_experimental' if segment.experimental else ''}.{kind}"
 
 
 def result_series(bundle: ModelBundle, mode: str) -> ResultSeries:
@@ -200,7 +245,7 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
     equipment = equipment or Equipment()
     algorithm = AlgorithmInfo(bundle.manifest.name, bundle.manifest.version)
     labels = output_labels(bundle, plan.experimental_segments)
-    segments = segment_infos(labels, set(meshes))
+    segments = segment_infos(labels, set(meshes), algorithm)
     timings: dict[str, float] = {}
     objects: list[ResultObject] = []
     if not segments:
@@ -215,10 +260,11 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
     if plan.seg:
         t = time.perf_counter()
         volume = series_input.volume
-        on_ct = result.labels_on(grid_of(volume.array, volume.affine))
+        on_ct = held_back(result.labels_on(grid_of(volume.array, volume.affine)), bundle.manifest.labels,
+                          plan.experimental_segments)  # held back: body, never a hole in it
         keep = np.zeros(256, dtype=np.uint8)
         keep[[s.label_value for s in segments]] = [s.label_value for s in segments]
-        on_ct = keep[on_ct]  # classes the result does not describe (experimental) become background
+        on_ct = keep[on_ct]  # a class without a surface (specks only) is not described: background
         present = set(np.flatnonzero(label_counts(on_ct)).tolist())
         seg_segments = [replace(s, number=i + 1)  # renumbered: a segment too thin for the CT grid is gone
                         for i, s in enumerate(s for s in segments if s.label_value in present)]
@@ -241,7 +287,7 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
     for kind in plan.mesh_files:
         encode = stl_bytes if kind == "stl" else ply_bytes
         for s in segments:
-            objects.append(ResultObject(f"{s.number:02d}_{s.tracking_id}.{kind}", encode(meshes[s.label_value])))
+            objects.append(ResultObject(mesh_file_name(s, kind), encode(meshes[s.label_value])))
     return objects, timings
 
 
@@ -299,13 +345,13 @@ class PipelineOutput:
                 "backends": self.backends, "display": self.display}
 
 
-def display_record(bundle: ModelBundle, labels: Sequence[Label], shown: Sequence[SegmentInfo]) -> dict:
-    """What the bedside page needs to draw a result without the bundle: files, names, colours, model."""
-    experimental = {lab.value for lab in labels if lab.experimental}
+def display_record(bundle: ModelBundle, shown: Sequence[SegmentInfo]) -> dict:
+    """What the bedside page needs to draw a result without the bundle: files, names, colours, model
+    (an experimental segment's label says so, as in the DICOM objects, and `experimental` flags it)."""
     return {"model": {"name": bundle.manifest.name, "version": bundle.manifest.version},
             "ct": DISPLAY_CT_FILE,
             "segments": [{"number": s.number, "name": s.tracking_id, "label": s.label, "color": list(s.color_rgb),
-                          "experimental": s.label_value in experimental, "mesh": display_mesh_file(s.number)}
+                          "experimental": s.experimental, "mesh": display_mesh_file(s.number)}
                          for s in shown]}
 
 
@@ -328,28 +374,39 @@ def run_pipeline(files: Sequence[Path], runtime: Runtime, plan: OutputPlan,
     result = segment_volume(series_input.volume, runtime, plan.mode)
     timings["segment_s"] = time.perf_counter() - t
     timings.update({f"segment.{k}": v for k, v in result.timings.items()})
+    return describe_result(series_input, result, runtime, plan, timings, on_stage=on_stage)
+
+
+def describe_result(series_input: SeriesInput, result: SegmentationResult, runtime: Runtime, plan: OutputPlan,
+                    timings: dict[str, float] | None = None, *,
+                    on_stage: Callable[[str], None] = _no_stage_report) -> PipelineOutput:
+    """The stages after the network on one segmentation: the labels as the plan shows them (`held_back`),
+    meshes, result objects, display files, volumes. `timings` so far are extended and returned."""
+    timings = {} if timings is None else timings
     on_stage("mesh")
     t = time.perf_counter()
     labels = output_labels(runtime.bundle, plan.experimental_segments)
-    meshed = mesh_result(result, labels, plan.mesh, runtime)
+    as_shown = shown_result(result, plan.experimental_segments)
+    meshed = mesh_result(as_shown, labels, plan.mesh, runtime)
     timings["mesh_s"] = time.perf_counter() - t
     timings.update({f"mesh.{k}": v for k, v in meshed.timings.items()})
     on_stage("encode")
     t = time.perf_counter()
     series = result_series(runtime.bundle, plan.mode)
-    objects, enc_timings = encode_results(series_input, result, meshed.meshes, plan, runtime.bundle, series)
+    objects, enc_timings = encode_results(series_input, as_shown, meshed.meshes, plan, runtime.bundle, series)
     t_display = time.perf_counter()
-    shown = segment_infos(labels, set(meshed.meshes))
+    algorithm = AlgorithmInfo(runtime.bundle.manifest.name, runtime.bundle.manifest.version)
+    shown = segment_infos(labels, set(meshed.meshes), algorithm)
     shown_files = display_files(series_input.volume, shown, meshed.meshes, plan.mode)
     objects += [ResultObject(f.filename, f.data) for f in shown_files]
     enc_timings["display_s"] = time.perf_counter() - t_display
     timings["encode_s"] = time.perf_counter() - t
     timings.update({f"encode.{k}": v for k, v in enc_timings.items()})
     voxel_ml = abs(float(np.linalg.det(result.affine[:3, :3]))) / MM3_PER_ML
-    counts = label_counts(result.labels)
+    counts = label_counts(as_shown.labels)
     segments = {lab.name: {"triangles": len(meshed.meshes[lab.value].triangles),
                            "volume_ml": round(float(counts[lab.value]) * voxel_ml, 1)}
                 for lab in labels if lab.value in meshed.meshes}
     series_uid = series.series_instance_uid if any(o.is_dicom for o in objects) else None
     return PipelineOutput(objects, summarize_volume(series_input.volume), series_uid, segments, timings,
-                          runtime.describe_mode(plan.mode), display_record(runtime.bundle, labels, shown))
+                          runtime.describe_mode(plan.mode), display_record(runtime.bundle, shown))

@@ -28,17 +28,29 @@ from appliance.inference.bundle import (
     Manifest,
     ModeSpec,
     Normalisation,
+    PostprocessStep,
     TrainingCase,
     load_bundle,
     write_manifest,
 )
 from appliance.inference.cpu_precision import cpu_fingerprint, measure
-from appliance.inference.grid import grid_of, lps_grid, resample
+from appliance.inference.grid import grid_of
 from appliance.inference.normalise import HU_CLIP, HU_SCALE, X_COORD_SCALE_MM, network_input
 from appliance.inference.segment import segment_array
-from compiler.data import ALL_KNOWN, CASES, LabelledVolume, labelled_case, load_ct, shared_data_root
-from compiler.evaluate import TARGETS, Miss, agreement, new_misses, score, target_misses
-from compiler.labels.reference import RULES_VERSION
+from compiler.data import ALL_KNOWN, CASES, LabelledVolume, reference_kinds, shared_data_root
+from compiler.evaluate import (
+    REFERENCE_NOTE,
+    TARGETS,
+    Miss,
+    agreement,
+    evaluation_table,
+    heldout_record,
+    new_misses,
+    reference_record,
+    score,
+    target_misses,
+)
+from compiler.labels.cache import cached_case
 from compiler.labels.table import LABEL_TABLE, NUM_CLASSES
 from compiler.model.average import average_states, recompute_batchnorm
 from compiler.model.export import export_onnx, quantize_int8
@@ -157,33 +169,59 @@ SMOKE = Budget(
     single_component={"preview": ("lung_left", "lung_right", "airway")}, calib_patches=2,
 )
 
+# Every mode's post-processing chain (appliance.inference.postprocess_steps; the reasons for each step are in
+# appliance/inference/postprocess.py), in the order each step needs: organs confined, the airway cut to air
+# beside its lumen and the patient's one piece kept before islands are counted, the lungs' false islands
+# (specks in bowel gas) removed before the lung bases are found, bowel-gas airway dropped before the
+# airway's island is chosen, the lumen filled from the chosen airway, the lungs' partial-volume rim trimmed
+# before they grow through enclosed air. The keep_single_structures steps keep those of their labels that
+# are one structure in the mode (`Budget.single_component`, `chest_postprocess`).
+CHEST_POSTPROCESS: tuple[dict[str, str | list[str]], ...] = (
+    {"step": "confine_experimental", "host": "body", "bone": "bone"},
+    {"step": "airway_is_air", "airway": "airway", "host": "body"},
+    {"step": "airway_beside_lumen", "airway": "airway"},
+    {"step": "keep_patient"},
+    {"step": "keep_single_structures", "labels": ["lung_left", "lung_right", "heart", "aorta", "liver"]},
+    {"step": "drop_implausible_airway", "airway": "airway", "lungs": ["lung_left", "lung_right"]},
+    {"step": "keep_single_structures", "labels": ["airway"]},
+    {"step": "fill_airway_lumen", "airway": "airway"},
+    {"step": "extend_airway_through_air", "airway": "airway", "hosts": ["body", "lung_left", "lung_right"]},
+    {"step": "drop_bone_outside_patient", "bone": "bone"},
+    {"step": "fill_bone_marrow", "bone": "bone", "host": "body"},
+    {"step": "drop_bone_without_cortex", "bone": "bone"},
+    {"step": "trim_bone_surface", "bone": "bone", "host": "body"},
+    {"step": "drop_bone_with_soft_surface", "bone": "bone"},
+    {"step": "trim_lung_surface", "lungs": ["lung_left", "lung_right"], "host": "body"},
+    {"step": "grow_lungs_into_air", "lungs": ["lung_left", "lung_right"], "hosts": ["background", "body"]},
+)
+
+
+def chest_postprocess(single: tuple[str, ...]) -> list[PostprocessStep]:
+    """CHEST_POSTPROCESS for a mode whose one-structure labels are `single`: each keep_single_structures
+    step keeps those of `single` it lists, in `single`'s order, and is left out if none."""
+    chain: list[PostprocessStep] = []
+    covered: set[str] = set()
+    for entry in CHEST_POSTPROCESS:
+        if entry["step"] == "keep_single_structures":
+            names = [n for n in single if n in entry["labels"]]
+            covered.update(names)
+            if not names:
+                continue
+            entry = entry | {"labels": names}
+        chain.append(PostprocessStep.model_validate(entry))
+    if set(single) - covered:
+        raise ValueError(f"single_component {sorted(set(single) - covered)}: no keep_single_structures step of "
+                         "CHEST_POSTPROCESS lists them")
+    return chain
+
 
 def _phantom_volume(seed: int, shape, spacing) -> LabelledVolume:
     ph = make_phantom(shape, spacing, seed=seed, contrast=bool(seed % 2))
     affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
     affine[:3, 3] = ph.origin
     return LabelledVolume(f"phantom{seed}", ph.hu.astype(np.float32), ph.labels,
-                          np.full(ph.labels.shape, ALL_KNOWN, dtype=np.uint16), grid_of(ph.hu, affine))
-
-
-def _cached_case(case, spacing, cache: Path, root: Path) -> LabelledVolume:
-    """Reference labels at 1.5 mm (cached); coarser grids take HU from the source, labels by nearest."""
-    f = cache / f"{case.name}_{spacing[0]:g}mm_rules{RULES_VERSION}.npz"
-    if f.exists():
-        d = np.load(f)
-        return LabelledVolume(case.name, d["hu"].astype(np.float32), d["labels"], d["known"],
-                              grid_of(d["hu"], d["affine"]))
-    if spacing[0] < 2.0:
-        lv = labelled_case(case, spacing, root)
-    else:
-        fine = _cached_case(case, (1.5, 1.5, 1.5), cache, root)
-        hu_src, affine = load_ct(case, root)
-        grid = lps_grid(grid_of(hu_src, affine), spacing)
-        lv = LabelledVolume(case.name, resample(hu_src, affine, grid, order=1),
-                            resample(fine.labels, fine.grid.affine, grid, order=0, fill=0),
-                            resample(fine.known, fine.grid.affine, grid, order=0, fill=1), grid)
-    np.savez_compressed(f, hu=lv.hu.astype(np.int16), labels=lv.labels, known=lv.known, affine=lv.grid.affine)
-    return lv
+                          np.full(ph.labels.shape, ALL_KNOWN, dtype=np.uint16), grid_of(ph.hu, affine),
+                          reference_kind=reference_kinds(None))
 
 
 def _calibration(vols: list[LabelledVolume], patch, n: int, channels: tuple[str, ...],
@@ -220,7 +258,7 @@ def load_data(budget: Budget, cache: Path, root: Path, seed: int = 0):
             for case in CASES:
                 if not (root / case.name).exists():
                     continue
-                lv = _cached_case(case, spacing, cache, root)
+                lv = cached_case(case, spacing, cache, root)  # keyed by what made it (compiler.labels.cache)
                 if case.split == "train":
                     train_vols.append(lv)
                     weights.append(2.0)
@@ -238,13 +276,11 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
                    threads: int, patches: dict[tuple[str, str], tuple[int, int, int]] | None = None) -> dict:
     """Dice / HD95 of teacher, FP32 and INT8 per mode and held-out case, through `segment_array` (what
     ships, post-processing included), plus INT8-vs-FP32 agreement. `patches[(mode, which)]` runs that
-    network at another static patch than the mode's."""
+    network at another static patch than the mode's. Each case row says what reference each class was
+    scored against (`reference`: its kind per class, the labels' content key, the case), and `heldout`
+    which cases these are and that none has a human reference."""
     patches = patches or {}
-    evaluation: dict = {"reference": f"rule-based reference labels (compiler/labels/reference.py, rules version "
-                        f"{RULES_VERSION}) merged with TotalSegmentator silver masks where present; both are "
-                        "automatic, not expert labels. Bone is scored outside the reference's bone-unknown "
-                        "zone (possible marrow behind a cortex under the rule's threshold, marrow_zone)",
-                        "cases": {}}
+    evaluation: dict = {"reference": REFERENCE_NOTE, "cases": {}}
     for mode, spec in modes.items():
         for lv in heldout.get(tuple(spec.spacing), []):
             row, preds, by_path = {}, {}, {}
@@ -262,8 +298,12 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
                 preds[which] = pred
                 row[which] = {"seconds": round(secs, 2), **score(pred, lv.labels, lv.known, lv.grid.spacing)}
             row["int8_vs_fp32"] = agreement(preds["int8"], preds["fp32"])
+            row["reference"] = reference_record(lv, row)
             evaluation["cases"][f"{mode}/{lv.name}"] = row
             log.info("event=evaluated mode=%s case=%s result=%s", mode, lv.name, json.dumps(row))
+    evaluation["heldout"] = heldout_record(evaluation["cases"], [v for vs in heldout.values() for v in vs])
+    log.info("event=evaluation_table reference=%s\n%s", json.dumps(evaluation["heldout"]["scored_against"]),
+             evaluation_table(evaluation["cases"]))
     misses = target_misses(evaluation["cases"], TARGETS)
     evaluation["targets"] = {**asdict(TARGETS), "misses": [str(m) for m in misses]}
     for miss in misses:
@@ -285,6 +325,7 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
     shipped_teacher = next((s for s in manifest.modes.values() if s.ships_teacher), None)
     for mode, spec in manifest.modes.items():
         spec.keep_largest_component = list(budget.single_component.get(mode, ()))
+        spec.postprocess = chest_postprocess(budget.single_component.get(mode, ()))
         spec.overlap = budget.overlap.get(mode, spec.overlap)
         fp32, int8 = bundle.path(spec.fp32), bundle.path(spec.int8)
         teacher = fp32 if spec.ships_teacher else work / f"teacher.{mode}.onnx"
@@ -453,7 +494,8 @@ def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, wo
         modes[mode] = ModeSpec(spacing=spacing, patch=patch, batch=1, overlap=budget.overlap.get(mode, 0.25), fp32=fp32.name,
                                int8=int8.name, student=f"{'teacher' if net is teacher else 'pruned student'} widths {net.widths}",
                                cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,
-                               keep_largest_component=list(budget.single_component.get(mode, ())))
+                               keep_largest_component=list(budget.single_component.get(mode, ())),
+                               postprocess=chest_postprocess(budget.single_component.get(mode, ())))
         log.info("event=cpu_precision mode=%s ms_per_patch=%s chosen=%s", mode, ms, modes[mode].cpu_precision)
         onnx_eval[mode] = {"teacher": t_onnx, "fp32": fp32, "int8": int8}
     return modes, onnx_eval

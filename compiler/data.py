@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air
 from compiler.labels.reference import ReferenceLabels, reference_labels
-from compiler.labels.table import NUM_CLASSES, VALUE
+from compiler.labels.table import LABEL_TABLE, NUM_CLASSES, VALIDATED, VALUE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ CASES: tuple[Case, ...] = (
     Case("dcmqa_ge_head_gantry_tilt", "ct_dicom", "BSD-2-Clause (dcm_qa_ct; data via Aliza)", "train",
          description="head, 18.5 deg tilt, uneven spacing, GE"),
 )  # fmt: skip
+CASE_BY_NAME = {case.name: case for case in CASES}
 
 _TS_BONE = [25, *range(26, 51), *range(69, 79), 91, *range(92, 118)]
 SILVER_MAPS: dict[str, dict[int, int]] = {
@@ -67,6 +69,22 @@ SILVER_KNOWN: dict[str, tuple[int, ...]] = {
     "ts_cta": (VALUE["heart"], VALUE["aorta"]),
     "ts_total": (VALUE["liver"], VALUE["heart"], VALUE["aorta"]),
 }
+
+# What a class's reference on a case was made by (`reference_kinds`); the evaluation names one per class
+# and case, so no score reads as agreement with a human.
+REFERENCE_KINDS: dict[str, str] = {
+    "rule": "the rule-based labeller (compiler/labels): HU thresholds and morphology, automatic",
+    "silver": "a network's output: the TotalSegmentator masks shipped with the case (merge_silver), automatic, "
+              "not ground truth",
+    "rule+silver": "both: bone is the union of the rules' and the silver mask's; lungs are silver where the "
+                   "silver file looks and the rules' elsewhere",
+    "phantom": "exact: the procedural phantom's own labels (compiler/phantom.py)",
+    "human": "an expert's segmentation",
+}
+# The only human labels in ../shared/data (its README): not an evaluation case
+HUMAN_LABELS_NOTE = ("no human (expert) reference exists for any evaluation case; the only human-made labels in "
+                     "../shared/data are dcmqi_ct3slice_liver_seg's (a liver DICOM SEG and test masks on 3 CT "
+                     "slices, 3 mm of anatomy: for DICOM SEG tests, too thin for a volume evaluation)")
 
 
 def shared_data_root() -> Path:
@@ -131,6 +149,40 @@ def merge_silver(ref: ReferenceLabels, silver: np.ndarray, cover: np.ndarray, ki
     return labels, bits
 
 
+def reference_kinds(case: Case | None, rule_known: Iterable[int] = VALIDATED,
+                    silver_present: Iterable[int] | None = None, silver_covers_all: bool = True) -> dict[str, str]:
+    """Class name -> what made its reference on `case` (a key of REFERENCE_KINDS), for every class the
+    reference may know: "rule" for the classes the rules know (`rule_known`: the rules' `known`), and
+    what `merge_silver` takes from the case's silver file, whose mapped values are `silver_present`
+    (default: every value its SILVER_MAPS entry can give): its organs (SILVER_KNOWN) "silver", bone
+    "rule+silver" (a union), lungs "silver" where they replace the rule lungs over the whole volume
+    (`silver_covers_all`), else "rule+silver". `case` None: a phantom, exact labels."""
+    names = {spec.value: spec.name for spec in LABEL_TABLE}
+    if case is None:
+        return {name: "phantom" for name in names.values()}
+    kinds = {names[v]: "rule" for v in rule_known if v in names}
+    if case.silver is None or case.silver_kind is None:
+        return kinds
+    present = set(SILVER_MAPS[case.silver_kind].values() if silver_present is None else silver_present)
+    if VALUE["bone"] in present:
+        kinds["bone"] = "rule+silver" if "bone" in kinds else "silver"
+    if present & {VALUE["lung_left"], VALUE["lung_right"]}:  # merge_silver's has_lungs
+        for v in (VALUE["lung_left"], VALUE["lung_right"]):
+            kinds[names[v]] = "silver" if silver_covers_all or names[v] not in kinds else "rule+silver"
+    for v in SILVER_KNOWN[case.silver_kind]:
+        kinds[names[v]] = "silver"
+    return kinds
+
+
+def case_record(name: str) -> dict[str, str]:
+    """Name, split, description and licence of an evaluated volume (a case of CASES, else a phantom)."""
+    case = CASE_BY_NAME.get(name)
+    if case is None:
+        return {"name": name, "split": "heldout", "description": "procedural phantom nobody trained on "
+                "(compiler/phantom.py)", "licence": "generated"}
+    return {"name": case.name, "split": case.split, "description": case.description, "licence": case.licence}
+
+
 def known_bits(ref: ReferenceLabels) -> np.ndarray:
     """Per-voxel bitmask of the classes the label is authoritative about (0 = ignore the voxel)."""
     bits = 0
@@ -153,6 +205,10 @@ class LabelledVolume:
     known: np.ndarray
     grid: Grid
     notes: tuple[str, ...] = ()
+    # class name -> what made its reference (`reference_kinds`), and the content key of the labels
+    # (`compiler.labels.cache.reference_key`; "" where they were not made from a case's files)
+    reference_kind: dict[str, str] = field(default_factory=dict)
+    reference_key: str = ""
 
     def __post_init__(self) -> None:
         self._index: dict[int, np.ndarray] = {}
@@ -183,8 +239,22 @@ def labelled_case(case: Case, spacing: tuple[float, float, float], root: Path | 
     hu = resample(hu_src, affine, grid, order=1)
     ref = reference_labels(hu, spacing)
     labels, bits = ref.labels, known_bits(ref)
+    kinds = reference_kinds(case, ref.known)
     silver = load_silver(case, grid, root)
     if silver is not None:
         labels, bits = merge_silver(ref, silver[0], silver[1], case.silver_kind or "")
-    log.info("event=labelled_case case=%s shape=%s notes=%s", case.name, grid.shape, json.dumps(ref.notes))
-    return LabelledVolume(case.name, hu, labels, bits, grid, tuple(ref.notes))
+        kinds = reference_kinds(case, ref.known, set(np.unique(silver[0]).tolist()) - {0}, bool(silver[1].all()))
+    log.info("event=labelled_case case=%s shape=%s notes=%s reference=%s", case.name, grid.shape,
+             json.dumps(ref.notes), json.dumps(kinds))
+    return LabelledVolume(case.name, hu, labels, bits, grid, tuple(ref.notes), kinds)
+
+
+def resampled_case(case: Case, fine: LabelledVolume, spacing: tuple[float, float, float],
+                   root: Path | None = None) -> LabelledVolume:
+    """A case on a coarser grid: HU resampled from its source, labels and known bits from `fine` (nearest)."""
+    hu_src, affine = load_ct(case, root)
+    grid = lps_grid(grid_of(hu_src, affine), spacing)
+    return LabelledVolume(case.name, resample(hu_src, affine, grid, order=1),
+                          resample(fine.labels, fine.grid.affine, grid, order=0, fill=0),
+                          resample(fine.known, fine.grid.affine, grid, order=0, fill=1), grid, fine.notes,
+                          dict(fine.reference_kind))

@@ -3,16 +3,21 @@ voxels whose reference is authoritative for that class, plus INT8-vs-FP32 agreem
 
 Runs the appliance's own inference path (ONNX Runtime, sliding window) so what is measured is what ships.
 `target_misses` holds the scores against what the product claims, so a rebuild says itself whether it
-may replace the shipped bundle.
+may replace the shipped bundle. Every score says what it was measured against (`reference_record`,
+`heldout_record`): per class and case the kind of reference (rule, silver, rule+silver, phantom, human)
+and the content key of the labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
+from compiler.data import CASE_BY_NAME, HUMAN_LABELS_NOTE, REFERENCE_KINDS, LabelledVolume, case_record
+from compiler.labels.cache import labeller_code
 from compiler.labels.table import LABEL_TABLE
 
 
@@ -57,6 +62,74 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         if d is not None:
             out[spec.name] = round(d, 4)
     return out
+
+
+NOT_SCORES = ("int8_vs_fp32", "reference")  # the entries of an evaluation row that are not a network's scores
+LABELLER_CODE = "compiler/labels (rules) + compiler/data.py merge_silver (silver masks)"
+REFERENCE_NOTE = ("rule-based reference labels (compiler/labels) merged with TotalSegmentator silver masks where "
+                  "present; both are automatic, not expert labels: each case's `reference.kind` names, per class, "
+                  "which one it was scored against. Bone is scored outside the reference's bone-unknown zone "
+                  "(possible marrow behind a cortex under the rule's threshold, marrow_zone)")
+
+
+def scored_classes(row: dict) -> list[str]:
+    """The classes some network of an evaluation row was scored on, in label-table order."""
+    names = {c for which, scores in row.items() if which not in NOT_SCORES for c in scores}
+    return [spec.name for spec in LABEL_TABLE if spec.name in names]
+
+
+def reference_record(lv: LabelledVolume, row: dict) -> dict:
+    """What a row's scores were measured against: per scored class the kind of reference
+    (`data.REFERENCE_KINDS`), the labeller and the labels' content key (`compiler.labels.cache`), the case."""
+    real = bool(lv.reference_key)
+    return {"kind": {c: lv.reference_kind.get(c, "unrecorded") for c in scored_classes(row)},
+            "labeller": {"code": LABELLER_CODE if real else "compiler/phantom.py (exact labels)",
+                         "key": lv.reference_key or None},
+            "case": case_record(lv.name)}
+
+
+def heldout_record(cases: dict[str, dict], volumes: Iterable[LabelledVolume] = ()) -> dict:
+    """`evaluation.heldout`: the cases the rows score, which classes were scored against which kind of
+    reference, what the kinds mean, and the labeller's code (sources and libraries, with their sha256)
+    where a volume came from it."""
+    names = list(dict.fromkeys(key.split("/", 1)[1] for key in cases))
+    against: dict[str, set[str]] = {}
+    for row in cases.values():
+        for cls, kind in row.get("reference", {}).get("kind", {}).items():
+            against.setdefault(kind, set()).add(cls)
+    order = [spec.name for spec in LABEL_TABLE]
+    scored = {kind: sorted(cls, key=order.index) for kind, cls in sorted(against.items())}
+    records = [next((row["reference"]["case"] for key, row in cases.items()
+                     if key.split("/", 1)[1] == name and "reference" in row), None) or case_record(name)
+               for name in names]
+    real = [n for n in names if n in CASE_BY_NAME]
+    phantoms = [n for n in names if n not in CASE_BY_NAME]
+    text = " ".join(
+        [*([f"The project's held-out cases (compiler.data.CASES, split heldout), never trained on: {', '.join(real)}."]
+           if real else []),
+         *([f"Procedural phantoms nobody trained on: {', '.join(phantoms)}."] if phantoms else []),
+         "Scored against: " + "; ".join(f"{kind} ({', '.join(cls)})" for kind, cls in scored.items()) + ".",
+         *([] if "human" in scored else [HUMAN_LABELS_NOTE[0].upper() + HUMAN_LABELS_NOTE[1:] + "."])])
+    out = {"cases": records, "scored_against": scored, "reference": text,
+           "kinds": {kind: REFERENCE_KINDS.get(kind, "not recorded") for kind in scored}}
+    if any(v.reference_key for v in volumes):
+        out["labeller"] = labeller_code()
+    return out
+
+
+def evaluation_table(cases: dict[str, dict]) -> str:
+    """The evaluation rows as a text table: per case and scored class its reference kind beside the Dice
+    of each network (teacher, fp32, int8, ...)."""
+    nets = list(dict.fromkeys(w for row in cases.values() for w in row if w not in NOT_SCORES))
+    head = ["case", "class", "reference", *nets]
+    lines = [head]
+    for key, row in cases.items():
+        kinds = row.get("reference", {}).get("kind", {})
+        for cls in scored_classes(row):
+            dices = [(row.get(w, {}).get(cls) or {}).get("dice") for w in nets]
+            lines.append([key, cls, kinds.get(cls, "unrecorded"), *("-" if d is None else f"{d:.3f}" for d in dices)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,11 @@ class Code:
 @dataclass(frozen=True)
 class SegmentInfo:
     """One segment: `number` (1, 2, ... in order) as the DICOM objects number it, `label_value` as the
-    label map holds it, and what it is (category and type codes, colour as sRGB 0-255)."""
+    label map holds it, and what it is (category and type codes, colour as sRGB 0-255).
+
+    `description` is the Segment Description (0062,0006, ST; empty: not written), which every writer puts
+    on the segment: a class the model bundle marks experimental says there, and in its `label`, that it
+    is not validated, so no viewer shows it to a physician as a result (`experimental` records that)."""
 
     number: int
     label_value: int
@@ -39,9 +43,22 @@ class SegmentInfo:
     type: Code
     color_rgb: tuple[int, int, int]
     tracking_id: str = ""
+    description: str = ""
+    experimental: bool = False
 
 
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")  # CID 7162
+
+# What an experimental segment says in every object: its Segment Label (LO, 64 characters) ends with the
+# suffix, its Segment Description (ST) starts with the text (readers recognise it by that start).
+EXPERIMENTAL_LABEL_SUFFIX = " (experimental)"
+EXPERIMENTAL_DESCRIPTION = "EXPERIMENTAL: not validated for clinical use"
+SEGMENT_LABEL_MAX = 64  # LO
+
+
+def experimental_label(label: str) -> str:
+    """`label` marked experimental within the 64 characters of LO (the name is shortened, never the mark)."""
+    return label[: SEGMENT_LABEL_MAX - len(EXPERIMENTAL_LABEL_SUFFIX)] + EXPERIMENTAL_LABEL_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,11 @@ class AlgorithmInfo:
     name: str
     version: str
     family: Code = ARTIFICIAL_INTELLIGENCE
+
+
+def experimental_description(algorithm: AlgorithmInfo) -> str:
+    """The Segment Description of an experimental segment: not validated, and by which model."""
+    return f"{EXPERIMENTAL_DESCRIPTION} (model {algorithm.name} {algorithm.version})"
 
 
 @dataclass(frozen=True)

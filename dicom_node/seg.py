@@ -274,6 +274,8 @@ def _check_segments(segments: object) -> None:
         if s.label_value in values:
             raise SegError(f"segment {s.number} label_value {s.label_value} belongs to another segment too")
         values.add(s.label_value)
+        _check.text(s.description, f"segment {s.number} description (Segment Description)", 1024, required=False,
+                    multi_line=True)
 
 
 def _segment_pixels(labels: np.ndarray, segments: Sequence[SegmentInfo]) -> np.ndarray:
@@ -450,8 +452,10 @@ def _code(code: Code) -> PydicomCode:
 
 
 def _describe(s: SegmentInfo, algorithm: AlgorithmInfo, source_series_uid: str) -> hd.seg.SegmentDescription:
+    """The Segment Description macro of one segment. highdicom (0.28) takes no Segment Description
+    (0062,0006), so it is set on the item after construction; Segmentation keeps the items as given."""
     tracked = bool(s.tracking_id)
-    return hd.seg.SegmentDescription(
+    item = hd.seg.SegmentDescription(
         segment_number=s.number,
         segment_label=s.label,
         segmented_property_category=_code(s.category),
@@ -465,6 +469,9 @@ def _describe(s: SegmentInfo, algorithm: AlgorithmInfo, source_series_uid: str) 
         # the Surface Segmentation's converter, so both objects of a result carry the same colour values
         display_color=hd.color.CIELabColor(*_lab_floats(srgb_to_dicom_lab(s.color_rgb))),
     )
+    if s.description:
+        item.SegmentDescription = s.description
+    return item
 
 
 def _lab_floats(value: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -480,7 +487,7 @@ def _texts(
              series.content_description, series.content_label, equipment.manufacturer, equipment.model_name,
              equipment.software_version, equipment.device_serial_number]
     for s in segments:
-        texts += [s.label, s.tracking_id, s.category.meaning, s.type.meaning]
+        texts += [s.label, s.tracking_id, s.description, s.category.meaning, s.type.meaning]
     return texts
 
 

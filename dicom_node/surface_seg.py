@@ -55,6 +55,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node import result_iod
 from dicom_node.derived import (
+    EXPERIMENTAL_DESCRIPTION,
     AlgorithmInfo,
     Code,
     Equipment,
@@ -176,7 +177,9 @@ def _check_segments(surfaces: Sequence[tuple[SegmentInfo, Mesh]]) -> None:
     for i, pair in enumerate(surfaces):
         if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], SegmentInfo):
             raise _fail(f"surfaces[{i}] must be a (SegmentInfo, Mesh) pair")
-    _check.segments([seg for seg, _ in surfaces], "surfaces")
+    for seg in _check.segments([seg for seg, _ in surfaces], "surfaces"):
+        _check.text(seg.description, f"segment {seg.number} description (Segment Description)", 1024,
+                    required=False, multi_line=True)
 
 
 def _check_processing(proc: object, what: str) -> None:
@@ -285,6 +288,8 @@ class SurfaceSegmentation(Dataset):
             item = Dataset()
             item.SegmentNumber = seg.number
             item.SegmentLabel = self._own(seg.label, f"{what} Segment Label")
+            if seg.description:
+                item.SegmentDescription = self._own(seg.description, f"{what} Segment Description")
             item.SegmentAlgorithmType = "AUTOMATIC"
             item.SegmentedPropertyCategoryCodeSequence = DicomSequence([category])
             item.SegmentedPropertyTypeCodeSequence = DicomSequence([prop_type])
@@ -572,6 +577,7 @@ def read_surface_segmentation(path_or_dataset: str | Path | Dataset) -> list[tup
             np.concatenate(triangles) if triangles else np.zeros((0, 3), np.uint32),
             np.concatenate(normals) if normals and has_normals else None,
         )
+        description = str(seg.get("SegmentDescription", "") or "")
         info = SegmentInfo(
             number=number,
             label_value=label_value,
@@ -582,6 +588,8 @@ def read_surface_segmentation(path_or_dataset: str | Path | Dataset) -> list[tup
                             f"segment {number} Segmented Property Type Code Sequence"),
             color_rgb=dicom_lab_to_srgb(lab) if lab else (128, 128, 128),
             tracking_id=str(seg.get("TrackingID", "") or ""),
+            description=description,
+            experimental=description.startswith(EXPERIMENTAL_DESCRIPTION),
         )
         out.append((info, mesh))
     return out

@@ -1,19 +1,26 @@
 """ModelBundle: a directory with manifest.json and the ONNX models it lists, verified on load.
 
 The manifest is the contract between `compiler/` (which writes it) and the appliance (which only reads
-it): labels with SNOMED CT codes and colours, per-mode grid spacing, patch size and model files,
-intensity normalisation, sha256 of every file, training data with licences, and the evaluation table.
-Loading refuses a bundle whose files are missing or whose hashes differ, naming the file.
+it): labels with SNOMED CT codes and colours, per-mode grid spacing, patch size, model files and
+post-processing chain (`appliance.inference.postprocess_steps`), intensity normalisation, sha256 of every
+file, training data with licences, and the evaluation table.
+Loading refuses a bundle whose files are missing or whose hashes differ, naming the file, and a
+post-processing step it cannot run on the bundle's labels, naming the mode, the step and the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from appliance.inference.postprocess_steps import StepError, resolve
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -51,6 +58,20 @@ class Normalisation(BaseModel):
     channels: tuple[Literal["hu", "x_coordinate", "enclosed_air"], ...] = ("hu", "x_coordinate")
 
 
+class PostprocessStep(BaseModel):
+    """One entry of a mode's post-processing chain: `step` names a registered step
+    (`appliance.inference.postprocess_steps`), every other key is one of its arguments, a label name or a
+    list of label names, e.g. {"step": "trim_bone_surface", "bone": "bone", "host": "body"}."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str | list[str]]
+    step: str
+
+    @property
+    def args(self) -> dict[str, str | list[str]]:
+        return dict(self.__pydantic_extra__ or {})
+
+
 class ModeSpec(BaseModel):
     """One operating point: grid spacing (sz, sy, sx) mm, static patch (z, y, x), batch, model files."""
 
@@ -66,8 +87,12 @@ class ModeSpec(BaseModel):
     # CPU, appliance.inference.cpu_precision, since the answer depends on the processor)
     cpu_precision: Literal["int8", "fp32"] = "int8"
     cpu_ms_per_patch: dict[str, float] = {}
-    # labels that are one connected structure at this grid: inference keeps only their largest component
+    # labels that are one connected structure at this grid, a record of the recipe: inference keeps the
+    # largest component of those its chain's keep_single_structures steps name (the compiler writes both)
     keep_largest_component: list[str] = []
+    # the post-processing steps in the order they run; None (a manifest from before the chain was data):
+    # none, with a warning at load; [] none (`appliance.inference.postprocess_steps`)
+    postprocess: list[PostprocessStep] | None = None
 
     @property
     def ships_teacher(self) -> bool:
@@ -147,6 +172,14 @@ def load_bundle(root: Path | str, *, verify: bool = True) -> ModelBundle:
         for fname in filter(None, (spec.fp32, spec.int8)):
             if fname not in manifest.files:
                 raise BundleError(f"model bundle {root}: mode {mode} uses {fname}, which has no sha256 in files")
+        if spec.postprocess is None:
+            log.warning("event=bundle_mode_without_postprocess bundle=%s mode=%s labels=argmax", root, mode)
+        for i, step in enumerate(spec.postprocess or ()):
+            try:
+                resolve(step.step, step.args, manifest.labels)
+            except StepError as exc:
+                raise BundleError(f"model bundle {root}: {MANIFEST} mode {mode} postprocess step {i} "
+                                  f"({step.step}): {exc}") from exc
     if verify:
         for fname, expected in manifest.files.items():
             fpath = root / fname

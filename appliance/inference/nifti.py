@@ -1,12 +1,25 @@
-"""Write a label map on the original CT grid as NIfTI (RAS affine, as NIfTI readers expect)."""
+"""Write a label map on the original CT grid as NIfTI (RAS affine, as NIfTI readers expect).
+
+Beside OUT.nii.gz goes OUT.labels.json: one JSON object mapping each label value the map may hold (a
+decimal string) to the bundle's class name, e.g. {"1": "body", "2": "bone", ...}; 0 is background and
+not listed. The experimental classes are listed only when they were included (`isonode segment
+--experimental`), and then their name ends with " (experimental)", e.g. "8": "liver (experimental)"; held
+back, their voxels hold the body's value. So the file stays a plain value -> name mapping for every reader.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:  # the display module imports this one; it needs no bundle
+    from appliance.inference.bundle import Label
+
+EXPERIMENTAL_NAME_SUFFIX = " (experimental)"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -16,6 +29,13 @@ def labels_json_path(out: Path) -> Path:
         if name.endswith(suffix):
             return out.with_name(name[: -len(suffix)] + ".labels.json")
     return out.with_name(name + ".labels.json")
+
+
+def label_names(table: Sequence[Label], include_experimental: bool) -> dict[int, str]:
+    """The OUT.labels.json mapping (module docstring): the validated classes, plus the experimental ones
+    marked as such where they were included."""
+    return {lab.value: lab.name + (EXPERIMENTAL_NAME_SUFFIX if lab.experimental else "")
+            for lab in table if include_experimental or not lab.experimental}
 
 
 def write_label_nifti(labels: np.ndarray, affine_lps: np.ndarray, out: Path, names: dict[int, str]) -> tuple[Path, Path]:

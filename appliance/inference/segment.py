@@ -1,8 +1,9 @@
 """Segment one CT volume with a model bundle: resample to the model grid, normalise, crop to the patient,
-sliding window, argmax, post-processing (experimental organs confined to soft tissue, one component of
-single-structure organs, an airway of air above the lungs with its lumen, bone marrow, no bone without
-cortex, lungs without their partial-volume rim); the result lives on the model grid with its affine
-(`SegmentationResult`)."""
+sliding window, argmax, the mode's post-processing chain as its manifest lists it
+(`appliance.inference.postprocess_steps`; the chest bundle's: experimental organs confined to soft tissue,
+one component of single-structure organs, an airway of air above the lungs with its lumen, bone marrow, no
+bone without cortex, lungs without their partial-volume rim); the result lives on the model grid with its
+affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,7 @@ from appliance.inference.bundle import Label, ModelBundle
 from appliance.inference.crop import tissue_box
 from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air, network_input
-from appliance.inference.postprocess import (
-    airway_beside_lumen,
-    airway_is_air,
-    confine_experimental,
-    drop_bone_outside_patient,
-    drop_bone_with_soft_surface,
-    drop_bone_without_cortex,
-    drop_implausible_airway,
-    extend_airway_through_air,
-    fill_airway_lumen,
-    fill_bone_marrow,
-    grow_lungs_into_air,
-    keep_patient,
-    keep_single_structures,
-    trim_bone_surface,
-    trim_lung_surface,
-)
+from appliance.inference.postprocess_steps import PostprocessContext, run_chain
 from appliance.inference.sliding import sliding_window
 
 log = logging.getLogger(__name__)
@@ -105,39 +90,11 @@ def segment_array(
     channels = tuple(norm.channels)
     enclosed = (net_in[channels.index("enclosed_air")] if "enclosed_air" in channels
                 else enclosed_air(image)[box])
-    _postprocess(labels[box], probs, image[box], enclosed, bundle.manifest.labels, spec.keep_largest_component,
-                 grid.spacing)
+    run_chain(PostprocessContext(labels[box], probs, image[box], enclosed, grid.spacing, bundle.manifest.labels),
+              spec.postprocess or ())
     timings["postprocess_s"] = time.perf_counter() - t
     log.info("event=segmented mode=%s backend=%s grid=%s box=%s %s", mode, backend.name, grid.shape,
              tuple(s.stop - s.start for s in box), " ".join(f"{k}={v:.3f}" for k, v in timings.items()))
     return SegmentationResult(labels, grid.affine, list(bundle.manifest.labels), mode, backend.name,
                               full_probs, timings)
 
-
-def _postprocess(labels: np.ndarray, probs: np.ndarray, hu: np.ndarray, enclosed: np.ndarray,
-                 table: list[Label], single: list[str], spacing: tuple[float, float, float]) -> None:
-    """The post-processing chain of `appliance.inference.postprocess` on one label map, in place, in the
-    order each step needs: organs confined, the airway cut to air beside its lumen and the patient's
-    one piece kept before islands are counted, the lungs' false islands (specks in bowel gas) removed
-    before the lung bases are found, bowel-gas airway dropped before the airway's island is chosen, the lumen filled from
-    the chosen airway, the lungs' partial-volume rim trimmed before they grow through enclosed air."""
-    value = {lab.name: lab.value for lab in table}
-    confine_experimental(labels, probs, [lab.value for lab in table if not lab.experimental],
-                         [lab.value for lab in table if lab.experimental], value["body"], bone=value["bone"])
-    airway_is_air(labels, hu, value["airway"], value["body"])
-    airway_beside_lumen(labels, hu, value["airway"])
-    keep_patient(labels)
-    single_values = {name: value[name] for name in single if name in value}
-    keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k != "airway"})
-    drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
-    keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
-    fill_airway_lumen(labels, enclosed, value["airway"])
-    extend_airway_through_air(labels, hu, value["airway"], (value["body"], value["lung_left"], value["lung_right"]),
-                              spacing)
-    drop_bone_outside_patient(labels, value["bone"])
-    fill_bone_marrow(labels, hu, value["bone"], value["body"], spacing)
-    drop_bone_without_cortex(labels, hu, value["bone"], spacing)
-    trim_bone_surface(labels, hu, value["bone"], value["body"])
-    drop_bone_with_soft_surface(labels, hu, value["bone"], spacing)
-    trim_lung_surface(labels, hu, (value["lung_left"], value["lung_right"]), value["body"])
-    grow_lungs_into_air(labels, hu, enclosed, (value["lung_left"], value["lung_right"]), (0, value["body"]), spacing)

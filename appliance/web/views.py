@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dicom_node.derived import EXPERIMENTAL_LABEL_SUFFIX, experimental_label
+
 PIPELINE_STAGES = ("read", "segment", "mesh", "encode", "write")
 STUDY_FIELDS = ("patient_name", "patient_id", "patient_sex", "patient_birth_date", "study_date", "study_time",
                 "study_description", "accession_number")
@@ -65,12 +67,21 @@ def _files(result_dir: Path, job_id: int) -> list[dict[str, Any]]:
             for p in entries]
 
 
+def _legend_label(segment: dict[str, Any]) -> str:
+    """The label the page shows: an experimental segment's says so (results recorded before the label
+    itself carried the mark get it here)."""
+    label = segment["label"]
+    if segment.get("experimental") and not label.endswith(EXPERIMENTAL_LABEL_SUFFIX):
+        return experimental_label(label)
+    return label
+
+
 def _result(row: sqlite3.Row, result: dict | None, results_dir: Path) -> dict[str, Any] | None:
     if row["state"] != "done" or not result:
         return None
     display = result.get("display") or {}
     sizes = result.get("segments", {})
-    segments = [{**{k: s[k] for k in ("number", "name", "label", "color", "experimental")},
+    segments = [{**{k: s[k] for k in ("number", "name", "color", "experimental")}, "label": _legend_label(s),
                  "triangles": sizes.get(s["name"], {}).get("triangles"),
                  "volume_ml": sizes.get(s["name"], {}).get("volume_ml"),
                  "mesh_url": f"/api/jobs/{row['id']}/meshes/{s['number']}.mz3"}
