@@ -271,7 +271,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     table = runtime.bundle.manifest.labels
     # held back (the default), an experimental class is body, as in the node's results
-    labels = held_back(result.labels_on(grid_of(volume.array, volume.affine)), table, args.experimental)
+    labels = held_back(result.labels_on(grid_of(volume.array, volume.affine), volume.array), table, args.experimental)
     t_back = time.perf_counter() - t2
     t3 = time.perf_counter()
     out, jpath = write_label_nifti(labels, volume.affine, args.out, label_names(table, args.experimental))

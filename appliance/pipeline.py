@@ -260,7 +260,7 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
     if plan.seg:
         t = time.perf_counter()
         volume = series_input.volume
-        on_ct = held_back(result.labels_on(grid_of(volume.array, volume.affine)), bundle.manifest.labels,
+        on_ct = held_back(result.labels_on(grid_of(volume.array, volume.affine), volume.array), bundle.manifest.labels,
                           plan.experimental_segments)  # held back: body, never a hole in it
         keep = np.zeros(256, dtype=np.uint8)
         keep[[s.label_value for s in segments]] = [s.label_value for s in segments]

@@ -47,7 +47,7 @@ def run_one(mode: str, key: str, threads: int, labels_out: Path) -> dict:
     t = time.perf_counter()
     res = segment_array(vol.array, vol.affine, bundle, mode, backend)
     t_back = time.perf_counter()
-    labels = res.labels_on(grid_of(vol.array, vol.affine))
+    labels = res.labels_on(grid_of(vol.array, vol.affine), vol.array)
     total = time.perf_counter() - t
     np.save(labels_out, labels)
     return {"read": read, "start": start, "network": res.timings["network_s"], "to_ct": time.perf_counter() - t_back,

@@ -29,6 +29,7 @@ from appliance.inference.bundle import (
     ModeSpec,
     Normalisation,
     PostprocessStep,
+    SourceEdge,
     TrainingCase,
     load_bundle,
     write_manifest,
@@ -173,8 +174,8 @@ SMOKE = Budget(
 # appliance/inference/postprocess.py), in the order each step needs: organs confined, the airway cut to air
 # beside its lumen and the patient's one piece kept before islands are counted, the lungs' false islands
 # (specks in bowel gas) removed before the lung bases are found, bowel-gas airway dropped before the
-# airway's island is chosen, the lumen filled from the chosen airway, the lungs' partial-volume rim trimmed
-# before they grow through enclosed air. The keep_single_structures steps keep those of their labels that
+# airway's island is chosen, the lumen filled from the chosen airway, bone judged by its surface before it
+# takes its partial-volume edge, the lungs grown through enclosed air before they take theirs. The keep_single_structures steps keep those of their labels that
 # are one structure in the mode (`Budget.single_component`, `chest_postprocess`).
 CHEST_POSTPROCESS: tuple[dict[str, str | list[str]], ...] = (
     {"step": "confine_experimental", "host": "body", "bone": "bone"},
@@ -191,9 +192,22 @@ CHEST_POSTPROCESS: tuple[dict[str, str | list[str]], ...] = (
     {"step": "drop_bone_without_cortex", "bone": "bone"},
     {"step": "trim_bone_surface", "bone": "bone", "host": "body"},
     {"step": "drop_bone_with_soft_surface", "bone": "bone"},
-    {"step": "trim_lung_surface", "lungs": ["lung_left", "lung_right"], "host": "body"},
+    {"step": "bone_edge", "bone": "bone", "host": "body"},
     {"step": "grow_lungs_into_air", "lungs": ["lung_left", "lung_right"], "hosts": ["background", "body"]},
+    {"step": "lung_edge", "lungs": ["lung_left", "lung_right"], "host": "body"},
 )
+
+
+# the partial-volume edges each mode redraws on the CT's own grid (appliance.inference.source_grid)
+CHEST_SOURCE_EDGES: tuple[dict[str, str], ...] = (
+    {"tissue": "bone", "label": "bone", "host": "body"},
+    {"tissue": "lung", "label": "lung_left", "host": "body"},
+    {"tissue": "lung", "label": "lung_right", "host": "body"},
+)
+
+
+def chest_source_edges() -> list[SourceEdge]:
+    return [SourceEdge.model_validate(e) for e in CHEST_SOURCE_EDGES]
 
 
 def chest_postprocess(single: tuple[str, ...]) -> list[PostprocessStep]:
@@ -294,7 +308,7 @@ def evaluate_modes(modes: dict[str, ModeSpec], onnx_eval: dict[str, dict[str, Pa
                 run_spec = spec.model_copy(update={"patch": patches.get((mode, which), spec.patch)})
                 res = segment_array(lv.hu, lv.grid.affine, _BundleView(run_spec, root, channels), mode, backend)
                 secs = time.perf_counter() - t0
-                pred = res.labels_on(lv.grid)
+                pred = res.labels_on(lv.grid, lv.hu)
                 preds[which] = pred
                 row[which] = {"seconds": round(secs, 2), **score(pred, lv.labels, lv.known, lv.grid.spacing)}
             row["int8_vs_fp32"] = agreement(preds["int8"], preds["fp32"])
@@ -326,6 +340,7 @@ def reevaluate(bundle_dir: Path, budget: Budget, work: Path, *, threads: int = 2
     for mode, spec in manifest.modes.items():
         spec.keep_largest_component = list(budget.single_component.get(mode, ()))
         spec.postprocess = chest_postprocess(budget.single_component.get(mode, ()))
+        spec.source_edges = chest_source_edges()
         spec.overlap = budget.overlap.get(mode, spec.overlap)
         fp32, int8 = bundle.path(spec.fp32), bundle.path(spec.int8)
         teacher = fp32 if spec.ships_teacher else work / f"teacher.{mode}.onnx"
@@ -495,7 +510,8 @@ def export_modes(budget: Budget, teacher: UNet3d, student: UNet3d, out: Path, wo
                                int8=int8.name, student=f"{'teacher' if net is teacher else 'pruned student'} widths {net.widths}",
                                cpu_precision=min(ms, key=ms.get), cpu_ms_per_patch=ms,
                                keep_largest_component=list(budget.single_component.get(mode, ())),
-                               postprocess=chest_postprocess(budget.single_component.get(mode, ())))
+                               postprocess=chest_postprocess(budget.single_component.get(mode, ())),
+                               source_edges=chest_source_edges())
         log.info("event=cpu_precision mode=%s ms_per_patch=%s chosen=%s", mode, ms, modes[mode].cpu_precision)
         onnx_eval[mode] = {"teacher": t_onnx, "fp32": fp32, "int8": int8}
     return modes, onnx_eval

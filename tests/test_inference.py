@@ -20,6 +20,7 @@ from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess import (
     airway_beside_lumen,
     airway_is_air,
+    bone_edge,
     confine_experimental,
     drop_bone_outside_patient,
     drop_bone_with_soft_surface,
@@ -32,8 +33,8 @@ from appliance.inference.postprocess import (
     keep_largest_components,
     keep_patient,
     keep_single_structures,
+    lung_edge,
     trim_bone_surface,
-    trim_lung_surface,
 )
 from appliance.inference.segment import segment_array
 from appliance.inference.sliding import gaussian_weights, sliding_window, window_starts
@@ -283,22 +284,41 @@ def test_bone_loses_one_layer_of_soft_tissue_at_its_surface_but_keeps_dense_surf
     assert np.array_equal(twice, out)  # dense cortex now forms the surface: nothing more goes
 
 
-def test_lung_loses_one_layer_of_partial_volume_at_its_surface_but_keeps_aerated_surface_and_consolidation():
-    labels = np.ones((10, 24, 24), dtype=np.uint8)
-    hu = np.full(labels.shape, 40.0, dtype=np.float32)
-    labels[1:9, 2:22, 2:22] = 3  # lung painted a voxel too far into the chest wall
-    hu[1:9, 2:22, 2:22] = -300.0  # that voxel: partial volume, more tissue than air
-    hu[2:8, 3:21, 3:21] = -850.0  # aerated lung
-    hu[2:8, 3:21, 3:7] = 30.0  # consolidation reaching the chest wall...
-    hu[1:9, 2:22, 2:7] = 30.0  # ...painted as lung to the surface: tissue, kept
-    hu[4, 12, 12] = -200.0  # a vessel inside the lung is not surface
-    out = trim_lung_surface(labels.copy(), hu, lungs=(3, 4), host=1)
-    assert (out[2:8, 3:21, 3:21] == 3).all() and out[4, 12, 12] == 3
-    assert (out[1:9, 2:22, 2:7] == 3).all()
-    trimmed = (labels == 3) & (out != 3)
-    assert trimmed.any() and (out[trimmed] == 1).all() and (hu[trimmed] == -300.0).all()
-    assert np.array_equal(trimmed, (labels == 3) & (hu == -300.0))
-    assert np.array_equal(trim_lung_surface(out.copy(), hu, lungs=(3, 4), host=1), out)  # aerated surface now
+def test_lungs_take_their_partial_volume_edge_up_to_two_mm_but_not_fat_muscle_or_the_other_lung():
+    labels = np.ones((12, 30, 30), dtype=np.uint8)
+    hu = np.full(labels.shape, 40.0, dtype=np.float32)  # chest wall: muscle
+    labels[2:10, 4:26, 4:14] = 3
+    labels[2:10, 4:26, 16:26] = 4
+    hu[labels > 1] = -850.0
+    hu[1, 4:26, 4:26] = -300.0  # the pleural shell below the lungs: air and tissue in one voxel
+    hu[2:10, 4:26, 14:16] = -400.0  # between the lungs: each takes the layer beside it
+    hu[2:10, 3, 4:26] = -80.0  # fat beside the lungs: not lung
+    hu[0, 4:26, 4:26] = -300.0  # a second shell layer, beyond the 2 mm at 1.5 mm voxels
+    out = lung_edge(labels.copy(), hu, (3, 4), host=1, spacing=(1.5, 1.5, 1.5))
+    assert (out[1, 4:26, 4:14] == 3).all() and (out[1, 4:26, 16:26] == 4).all()
+    assert (out[2:10, 4:26, 14] == 3).all() and (out[2:10, 4:26, 15] == 4).all()
+    assert (out[2:10, 3, 4:26] == 1).all() and (out[0] == 1).all()
+    assert (out[hu == 40.0] == 1).all()
+    two_layers = lung_edge(labels.copy(), hu, (3, 4), host=1, spacing=(1.0, 1.0, 1.0))  # 2 mm: two voxels
+    assert (two_layers[0, 4:26, 4:14] == 3).all()
+
+
+def test_bone_takes_its_partial_volume_edge_and_the_marrow_it_then_encloses_but_not_soft_tissue():
+    labels = np.ones((6, 30, 30), dtype=np.uint8)
+    hu = np.full(labels.shape, 60.0, dtype=np.float32)
+    ring = np.zeros((30, 30), dtype=bool)
+    ring[8:22, 8:22] = True
+    ring[10:20, 10:20] = False
+    ring[10:20, 10] = False  # a gap in the network's cortex, dense at the edge: partial volume
+    hu[:, ring] = 700.0
+    hu[:, 10:20, 10] = 200.0
+    hu[:, 11:19, 11:19] = 120.0  # marrow
+    labels[:, ring] = 2
+    hu[:, 5, 5] = 120.0  # dense soft tissue far from bone stays body
+    hu[:, 7, 8:22] = 100.0  # under the edge threshold beside the cortex: body
+    out = bone_edge(labels.copy(), hu, bone=2, host=1, spacing=(1.5, 1.5, 1.5))
+    assert (out[:, 10:20, 10] == 2).all() and (out[:, 11:19, 11:19] == 2).all()
+    assert (out[:, 7, 8:22] == 1).all() and (out[:, 5, 5] == 1).all()
 
 
 def test_foreground_detached_from_the_patient_becomes_background_whatever_its_label():

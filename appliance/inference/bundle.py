@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.inference.postprocess_steps import StepError, resolve
+from appliance.inference.source_grid import MAX_RULES as MAX_EDGE_RULES
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,16 @@ class PostprocessStep(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+class SourceEdge(BaseModel):
+    """An edge the CT's own grid redraws (`appliance.inference.source_grid`): `label` takes the `host`
+    voxels beside it whose HU is the partial-volume edge of `tissue`."""
+
+    model_config = ConfigDict(extra="forbid")
+    tissue: Literal["lung", "bone"]
+    label: str
+    host: str
+
+
 class ModeSpec(BaseModel):
     """One operating point: grid spacing (sz, sy, sx) mm, static patch (z, y, x), batch, model files."""
 
@@ -93,6 +104,8 @@ class ModeSpec(BaseModel):
     # the post-processing steps in the order they run; None (a manifest from before the chain was data):
     # none, with a warning at load; [] none (`appliance.inference.postprocess_steps`)
     postprocess: list[PostprocessStep] | None = None
+    # partial-volume edges redrawn on the CT's grid when the labels go there
+    source_edges: list[SourceEdge] = []
 
     @property
     def ships_teacher(self) -> bool:
@@ -180,6 +193,15 @@ def load_bundle(root: Path | str, *, verify: bool = True) -> ModelBundle:
             except StepError as exc:
                 raise BundleError(f"model bundle {root}: {MANIFEST} mode {mode} postprocess step {i} "
                                   f"({step.step}): {exc}") from exc
+        names = {lab.name for lab in manifest.labels}
+        for i, edge in enumerate(spec.source_edges):
+            for key in ("label", "host"):
+                if getattr(edge, key) not in names:
+                    raise BundleError(f"model bundle {root}: {MANIFEST} mode {mode} source_edges {i}: {key} "
+                                      f"{getattr(edge, key)!r} is not a label of the bundle")
+        if len(spec.source_edges) > MAX_EDGE_RULES:
+            raise BundleError(f"model bundle {root}: {MANIFEST} mode {mode} source_edges: at most "
+                              f"{MAX_EDGE_RULES} rules")
     if verify:
         for fname, expected in manifest.files.items():
             fpath = root / fname

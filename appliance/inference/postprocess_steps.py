@@ -58,6 +58,7 @@ import numpy as np
 from appliance.inference.postprocess import (
     airway_beside_lumen,
     airway_is_air,
+    bone_edge,
     confine_experimental,
     drop_bone_outside_patient,
     drop_bone_with_soft_surface,
@@ -69,8 +70,8 @@ from appliance.inference.postprocess import (
     grow_lungs_into_air,
     keep_patient,
     keep_single_structures,
+    lung_edge,
     trim_bone_surface,
-    trim_lung_surface,
 )
 
 if TYPE_CHECKING:
@@ -256,9 +257,14 @@ def _drop_bone_with_soft_surface(ctx: PostprocessContext, *, bone: LabelValue) -
     drop_bone_with_soft_surface(ctx.labels, ctx.hu, bone, ctx.spacing)
 
 
-@register("trim_lung_surface")
-def _trim_lung_surface(ctx: PostprocessContext, *, lungs: LabelValues, host: LabelValue) -> None:
-    trim_lung_surface(ctx.labels, ctx.hu, lungs, host)
+@register("bone_edge")
+def _bone_edge(ctx: PostprocessContext, *, bone: LabelValue, host: LabelValue) -> None:
+    bone_edge(ctx.labels, ctx.hu, bone, host, ctx.spacing)
+
+
+@register("lung_edge")
+def _lung_edge(ctx: PostprocessContext, *, lungs: LabelValues, host: LabelValue) -> None:
+    lung_edge(ctx.labels, ctx.hu, lungs, host, ctx.spacing)
 
 
 @register("grow_lungs_into_air")

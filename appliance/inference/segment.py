@@ -2,7 +2,7 @@
 sliding window, argmax, the mode's post-processing chain as its manifest lists it
 (`appliance.inference.postprocess_steps`; the chest bundle's: experimental organs confined to soft tissue,
 one component of single-structure organs, an airway of air above the lungs with its lumen, bone marrow, no
-bone without cortex, lungs without their partial-volume rim); the result lives on the model grid with its
+bone without cortex, lungs and bone to the outer edge of their partial-volume shell); the result lives on the model grid with its
 affine (`SegmentationResult`)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from appliance.inference.grid import Grid, grid_of, lps_grid, resample
 from appliance.inference.normalise import enclosed_air, network_input
 from appliance.inference.postprocess_steps import PostprocessContext, run_chain
 from appliance.inference.sliding import sliding_window
+from appliance.inference.source_grid import TISSUE_HU, EdgeRule, labels_on_source
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,16 @@ class SegmentationResult:
     backend: str
     probabilities: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    edges: tuple[EdgeRule, ...] = ()  # the mode's edges to redraw on a finer grid (`source_grid`)
 
     @property
     def grid(self) -> Grid:
         return grid_of(self.labels, self.affine)
 
-    def labels_on(self, target: Grid) -> np.ndarray:
-        """The label map resampled (nearest) onto another grid, e.g. the original CT."""
-        return resample(self.labels, self.affine, target, order=0, fill=0)
+    def labels_on(self, target: Grid, hu: np.ndarray | None = None) -> np.ndarray:
+        """The label map resampled (nearest) onto another grid, e.g. the original CT; given that grid's
+        HU, with the mode's partial-volume edges drawn at its resolution (`source_grid`)."""
+        return labels_on_source(self.labels, self.affine, target, hu, self.edges)
 
 
 def segment_array(
@@ -96,5 +99,11 @@ def segment_array(
     log.info("event=segmented mode=%s backend=%s grid=%s box=%s %s", mode, backend.name, grid.shape,
              tuple(s.stop - s.start for s in box), " ".join(f"{k}={v:.3f}" for k, v in timings.items()))
     return SegmentationResult(labels, grid.affine, list(bundle.manifest.labels), mode, backend.name,
-                              full_probs, timings)
+                              full_probs, timings, edge_rules(bundle, mode))
+
+
+def edge_rules(bundle: ModelBundle, mode: str) -> tuple[EdgeRule, ...]:
+    """The mode's `source_edges` as label values and HU bounds (names checked by `load_bundle`)."""
+    value = {lab.name: lab.value for lab in bundle.manifest.labels}
+    return tuple(EdgeRule(value[e.label], value[e.host], *TISSUE_HU[e.tissue]) for e in bundle.mode(mode).source_edges)
 

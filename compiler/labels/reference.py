@@ -15,22 +15,37 @@ Rules:
 * airway: a round air column near the midline, above the middle of the aerated lung, in the most
   superior slices of internal air (the trachea), region-grown at increasing HU thresholds until the
   volume jumps (a leak);
-* lungs: air (< -500 HU) inside the body that is not airway and looks like parenchyma, not gas (see
-  `aerated_lung`: bowel gas is mostly below -950 HU, lung is not), split
-  into left/right by components (eroding until two appear), vessels included by slice-wise closing;
-  if one side holds much less aerated lung than the mirror image of the other (collapse, consolidation,
-  effusion), the mirrored region on that side is marked unlabelled;
-* bone: HU > 250 with marrow filled slice by slice (holes up to 25 cm2: a vertebral body, not the
-  inside of the skull); components with no cortex-like voxels (p95 < 450 HU)
-  or that are homogeneous (contrast-filled vessels, bowel, kidneys: p95 - median < 150 and p95 < 800)
-  are rejected;
+* lungs, as clinical contours draw them (the RTOG 1106 organ-at-risk atlas: Kong FM et al., Int J
+  Radiat Oncol Biol Phys 2011;81(4):1442-1457; the ESTRO/RTOG lung atlases): each lung to its outer
+  edge in a lung window, collapsed and partly aerated lung and the small vessels beyond the hilum
+  included; the trachea and main bronchi, the hilar vessels outside the lung and the tumour left out.
+  Aerated lung is air (< -500 HU) inside the body that is not airway and looks like parenchyma, not gas
+  (`aerated_lung`: bowel gas is mostly below -950 HU, lung is not), split into left/right by components
+  (eroding until two appear), vessels included by slice-wise closing. That stops near the -500 HU
+  iso-line, a voxel or two inside the clinical edge, so each lung then grows face-connected through its
+  partial-volume shell at the pleura and the diaphragm (`lung_edge`): body voxels under
+  `LUNG_EDGE_HU` (-100: more than a trace of air; fat is -100 to -50 HU, muscle +40) up to
+  `LUNG_EDGE_MM` (2 mm, at least one voxel), the two lungs in turn so neither takes the other's, never
+  into the airway (or the voxel around it) or bone. If one side holds much less aerated lung than the
+  mirror image of the other (collapse, consolidation, effusion), the mirrored region on that side is
+  marked unlabelled: the rules cannot tell collapsed lung from effusion;
+* bone, whole, as anatomical atlases and TotalSegmentator's expert-refined bone masks draw it: cortex
+  and marrow, ribs included, out to the outer cortical surface. Cortex is HU > `CORTEX_HU` (250), minus
+  contrast-filled vessels (thick and homogeneous, `_vessel_mask`), closed, with each slice's enclosed
+  holes up to `MARROW_HOLE_MAX_MM2` (25 cm2: a vertebral body, not the inside of a skull) filled as
+  marrow. An island is kept only if it has cortex and texture (`_has_cortex`: p95 >= 450 HU, and
+  p95 - median >= 150 HU or p95 >= 800): contrast in the bowel, the kidneys or a vessel is dense but
+  even. The cortex threshold leaves out the rim that partial volume blurs between cortex and soft
+  tissue (inside an expert's bone boundary such voxels are about 100-365 HU, median about 200), so
+  the bone then grows by `BONE_EDGE_MM` (1.5 mm, at least one voxel) into body voxels of at least
+  `BONE_EDGE_HU` (150: above muscle, 40-60 HU) that are not vessel-like, lung or airway (`bone_edge`),
+  and the slices' enclosed holes are filled again;
 * marrow the cortex rule cannot see (`marrow_zone`): where the cortex is under 250 HU (thin slices
   resampled from thick ones: a vertebral cortex at 180-240 HU) the slice's ring is not closed and the
-  marrow (90-250 HU) stays "body". Measured against TotalSegmentator's vertebrae on the two cases that
-  ship them, the cortex rule called 80% and 68% of vertebral voxels not bone. Voxels that may be such
-  marrow are marked bone-unknown (`class_unknown`), not asserted either way: the losses let them be
-  bone or body, and the evaluation leaves them out of the bone score. Labelling them bone instead was
-  tried and leaked into the contrast-filled heart and aorta of the CTA.
+  marrow (90-250 HU) stays "body". Voxels that may be such marrow are marked bone-unknown
+  (`class_unknown`), not asserted either way: the losses let them be bone or body, and the evaluation
+  leaves them out of the bone score. Labelling them bone instead leaks into a contrast-filled heart and
+  aorta, which are as dense and are surrounded by no cortex the rule can test.
 """
 
 from __future__ import annotations
@@ -41,13 +56,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from appliance.inference.postprocess import MARROW_MAX_AREA_MM2, bone_like, bounding_box, fill_small_holes
 from compiler.labels.table import VALUE
 
 log = logging.getLogger(__name__)
 
 RULE_CLASSES = frozenset({0, 1, 2, 3, 4, 5})
-RULES_VERSION = 5  # bump when a rule changes: cached reference labels are keyed by it
+CORTEX_HU = 250.0  # dense enough to be cortex (or contrast: the island and vessel tests sort that out)
+MARROW_HOLE_MAX_MM2 = 2500.0  # a lumbar vertebral body's cross-section; the inside of a skull is larger
+ISLAND_CORTEX_HU = 450.0  # a bone island's 95th percentile reaches this: it has cortex
+ISLAND_TEXTURE_HU = 150.0  # ... and bone is uneven (p95 - median), where contrast in a lumen is even
+ISLAND_VERY_DENSE_HU = 800.0  # ... unless its p95 is this dense (thick cortex, a femoral shaft)
+ISLAND_MIN_ML = 0.1  # smaller islands are too few voxels to judge
+BONE_EDGE_HU = 150.0  # the cortex's partial-volume rim; muscle is 40-60 HU, cancellous bone 100-300
+BONE_EDGE_MM = 1.5  # the rim's depth: one layer of 1.5 mm voxels
+LUNG_EDGE_HU = -100.0  # more than a trace of air: fat is about -100 to -50 HU, muscle +40
+LUNG_EDGE_MM = 2.0  # the lung's partial-volume shell at the pleura and the diaphragm
 MARROW_MIN_HU = 90.0  # cancellous bone; above muscle (40-60 HU), the spinal canal and fatty tissue
 MARROW_REACH_MM = 15.0  # from the rule bone: half a lumbar vertebral body's depth
 MARROW_RING_HU = 150.0  # a sub-threshold cortex at partial volume
@@ -83,6 +106,63 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
     out = np.empty_like(mask)
     for k in range(mask.shape[0]):
         out[k] = ndimage.binary_fill_holes(mask[k])
+    return out
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the smallest box holding `mask`'s voxels, widened by `margin` voxels (within the array)."""
+    box = []
+    for axis, n in enumerate(mask.shape):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(0, int(hit.min()) - margin), min(n, int(hit.max()) + 1 + margin)))
+    return tuple(box)
+
+
+def _fill_marrow(mask: np.ndarray, spacing) -> np.ndarray:
+    """`mask` plus, in each axial slice, the holes it encloses that are no larger than
+    `MARROW_HOLE_MAX_MM2` (a vertebral body's marrow, not the brain inside a skull)."""
+    limit = MARROW_HOLE_MAX_MM2 / (spacing[1] * spacing[2])  # voxels
+    out = mask.copy()
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        enclosed = ndimage.binary_fill_holes(mask[k])
+        enclosed &= ~mask[k]
+        holes, n = ndimage.label(enclosed)
+        if n == 0:
+            continue
+        area = np.bincount(holes.ravel(), minlength=n + 1)
+        fill = area <= limit
+        fill[0] = False
+        out[k] |= fill[holes]
+    return out
+
+
+def _has_cortex(hu: np.ndarray, islands: np.ndarray, n: int) -> np.ndarray:
+    """(n + 1,) bool over the labelled `islands` (0 = none, always False): an island is bone when its
+    95th percentile HU reaches `ISLAND_CORTEX_HU` and it is textured (p95 - median >=
+    `ISLAND_TEXTURE_HU`) or very dense (p95 >= `ISLAND_VERY_DENSE_HU`). Contrast in the bowel, a kidney
+    or a vessel is dense but even; an island without cortex is not bone."""
+    out = np.zeros(n + 1, dtype=bool)
+    inside = islands > 0
+    if n == 0 or not inside.any():
+        return out
+    ids, values = islands[inside], hu[inside].astype(np.float64)
+    order = np.lexsort((values, ids))  # by island, then by HU
+    ids, values = ids[order], values[order]
+    start = np.searchsorted(ids, np.arange(n + 1), side="left")
+    count = np.diff(np.append(start, ids.size))
+
+    def quantile(q: float) -> np.ndarray:  # linear interpolation between order statistics (numpy's default)
+        pos = q * np.maximum(count - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+        base = np.minimum(start, ids.size - 1)
+        a, b = values[base + lo], values[base + hi]
+        return a + (pos - lo) * (b - a)
+
+    p95, median = quantile(0.95), quantile(0.5)
+    out[:] = (count > 0) & (p95 >= ISLAND_CORTEX_HU) & (
+        (p95 - median >= ISLAND_TEXTURE_HU) | (p95 >= ISLAND_VERY_DENSE_HU))
+    out[0] = False
     return out
 
 
@@ -224,10 +304,27 @@ def _close_lung(mask: np.ndarray, spacing) -> np.ndarray:
     return _fill_slices(closed | mask)
 
 
+def _edge_layers(edge_mm: float, spacing) -> int:
+    return max(1, int(round(edge_mm / min(spacing))))
+
+
+def lung_edge(left: np.ndarray, right: np.ndarray, free: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) grown face-connected into `free` (the voxels a lung may take) by `LUNG_EDGE_MM`,
+    one layer at a time, the two lungs in turn (the side that goes first alternates), so neither takes
+    a voxel the other holds."""
+    face = ndimage.generate_binary_structure(3, 1)
+    grown = [left.copy(), right.copy()]
+    for layer in range(_edge_layers(LUNG_EDGE_MM, spacing)):
+        for side in ((0, 1) if layer % 2 == 0 else (1, 0)):
+            other = grown[1 - side]
+            grown[side] |= ndimage.binary_dilation(grown[side], face) & free & ~other
+    return grown[0], grown[1]
+
+
 def lung_masks(
-    hu: np.ndarray, body: np.ndarray, airway: np.ndarray | None, spacing
+    hu: np.ndarray, body: np.ndarray, airway: np.ndarray | None, spacing, bone: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(left, right, unlabelled region, notes)."""
+    """(left, right, unlabelled region, notes). `bone` (the cortex rule's) is never lung."""
     notes: list[str] = []
     vox_ml = np.prod(spacing) / 1000.0
     air = body & (hu < -500)
@@ -244,6 +341,13 @@ def lung_masks(
     left, right = _split_lungs(lungs, mid_x)
     left, right = _close_lung(left, spacing), _close_lung(right, spacing)
     right &= ~left
+    # the partial-volume shell at the pleura and the diaphragm (module docstring)
+    free = body & (hu < LUNG_EDGE_HU)
+    if airway is not None:
+        free &= ~ndimage.binary_dilation(airway, iterations=1)
+    if bone is not None:
+        free &= ~bone
+    left, right = lung_edge(left, right, free, spacing)
     unlabelled = np.zeros_like(lungs)
     vl, vr = left.sum() * vox_ml, right.sum() * vox_ml
     for small, big, name in ((right, left, "right"), (left, right, "left")):
@@ -276,16 +380,38 @@ def _vessel_mask(hu: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
 def bone_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     """Cortex threshold, marrow filled; contrast-filled vessels (by shape) and homogeneous or
     cortex-free components (bowel contrast, kidneys) rejected."""
-    dense = (hu > 250) & body
+    dense = (hu > CORTEX_HU) & body
     dense &= ~_vessel_mask(hu, dense, spacing)
     dense = ndimage.binary_closing(dense, structure=_ball(1.0 * max(spacing), spacing)) | dense
-    filled = fill_small_holes(dense, MARROW_MAX_AREA_MM2, spacing)
+    filled = _fill_marrow(dense, spacing)
     lab, n = ndimage.label(filled)
     if n == 0:
         return filled
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = bone_like(hu, lab, n) & (sizes * (np.prod(spacing) / 1000.0) >= 0.1)
+    keep = _has_cortex(hu, lab, n) & (sizes * (np.prod(spacing) / 1000.0) >= ISLAND_MIN_ML)
     return keep[lab]
+
+
+def bone_edge(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, not_bone: np.ndarray, spacing) -> np.ndarray:
+    """`bone` with its partial-volume rim: grown face-connected by `BONE_EDGE_MM` into body voxels of at
+    least `BONE_EDGE_HU` that are neither a contrast-filled lumen (`_vessel_mask` among the voxels that
+    dense outside the bone) nor `not_bone` (lungs, airway); then each slice's enclosed holes are filled
+    again (marrow)."""
+    layers = _edge_layers(BONE_EDGE_MM, spacing)
+    if not bone.any():
+        return bone
+    box = _box(bone, layers + 12)  # room for the vessel test's filters
+    h, b, inside = hu[box], bone[box], body[box] & ~not_bone[box]
+    rim = (h >= BONE_EDGE_HU) & inside & ~b  # marrow inside the bone is not a vessel's lumen
+    free = rim & ~_vessel_mask(h, rim, spacing)
+    face = ndimage.generate_binary_structure(3, 1)
+    grown = b.copy()
+    for _ in range(layers):
+        grown |= ndimage.binary_dilation(grown, face) & free
+    grown = _fill_marrow(grown, spacing) & ~not_bone[box]
+    out = bone.copy()
+    out[box] |= grown
+    return out
 
 
 def _enclosing_directions(mask: np.ndarray, spacing, reach_mm: float) -> np.ndarray:
@@ -312,7 +438,7 @@ def marrow_zone(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, spacing) -> 
     of it only where bone (the rule's, or a sub-threshold cortex) surrounds the voxel in the slice."""
     if not bone.any():
         return np.zeros_like(bone)
-    box = bounding_box(bone, 12)
+    box = _box(bone, 12)
     h, b, inside = hu[box], bone[box], body[box]
     free = (h >= MARROW_MIN_HU) & inside & ~b & ~_vessel_mask(h, (h > MARROW_RING_HU) & inside, spacing)
     grown = b.copy()
@@ -335,8 +461,12 @@ def reference_labels(hu: np.ndarray, spacing: tuple[float, float, float]) -> Ref
     hu = np.asarray(hu, dtype=np.float32)
     body = body_mask(hu, spacing)
     airway = airway_mask(hu, body, spacing)
-    left, right, unlabelled, notes = lung_masks(hu, body, airway, spacing)
-    bone = bone_mask(hu, body, spacing)
+    cortex_bone = bone_mask(hu, body, spacing)
+    left, right, unlabelled, notes = lung_masks(hu, body, airway, spacing, bone=cortex_bone)
+    air_organs = left | right
+    if airway is not None:
+        air_organs |= airway
+    bone = bone_edge(hu, body, cortex_bone, air_organs, spacing)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     labels[body] = VALUE["body"]
     labels[left] = VALUE["lung_left"]
