@@ -68,7 +68,8 @@ NOT_SCORES = ("int8_vs_fp32", "reference")  # the entries of an evaluation row t
 LABELLER_CODE = "compiler/labels (rules) + compiler/data.py merge_silver (silver masks)"
 REFERENCE_NOTE = ("rule-based reference labels (compiler/labels) merged with TotalSegmentator silver masks where "
                   "present; both are automatic, not expert labels: each case's `reference.kind` names, per class, "
-                  "which one it was scored against. Bone is scored outside the reference's bone-unknown zone "
+                  "which one it was scored against. Lungs and bone follow the clinical convention "
+                  "(provenance.label_conventions). Bone is scored outside the reference's bone-unknown zone "
                   "(possible marrow behind a cortex under the rule's threshold, marrow_zone)")
 
 

@@ -2,9 +2,8 @@
 
 The networks label a 1.5 or 3 mm grid; a CT's pixels are 0.5-1 mm. Nearest resampling puts each coarse
 edge voxel's label on every fine voxel inside it, so a thin bone (a rib: 1-2 mm of cortex) or a lung's
-pleural edge is off by up to half a coarse voxel on the grid a PACS shows. Against TotalSegmentator's bone
-on the two cases that ship it, at the CT's own grid: preview 0.624 / 0.224 and full 0.652 / 0.376 with
-nearest resampling alone (ts_example_dicom_j2k, 1 x 1 x 2 mm / the 3 mm abdomen).
+pleural edge is off by up to half a coarse voxel on the grid a PACS shows (compiler/README.md, "Lungs and
+bone as clinicians draw them", has the figures).
 
 Each edge rule of a mode (`ModeSpec.source_edges`) names a label, its host and its tissue ("lung" or
 "bone", thresholds `postprocess.LUNG_EDGE_HU` / `BONE_EDGE_HU`). The host voxels of the model grid that
@@ -26,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from appliance.inference.grid import Grid, resample
-from appliance.inference.postprocess import BONE_EDGE_HU, LUNG_EDGE_HU
+from appliance.inference.postprocess import BONE_EDGE_HU, LUNG_EDGE_HU, bounding_box
 
 TISSUE_HU: dict[str, tuple[float, float]] = {  # [above, below) HU of a tissue's partial-volume edge
     "lung": (-np.inf, LUNG_EDGE_HU),
@@ -54,8 +53,12 @@ def banded(labels: np.ndarray, rules: Sequence[EdgeRule]) -> np.ndarray:
     out = labels.copy()
     face = ndimage.generate_binary_structure(3, 1)
     for number, rule in enumerate(rules, start=1):
-        band = ndimage.binary_dilation(labels == rule.label, face) & (labels == rule.host)
-        out[band] = (number << LABEL_BITS) | rule.host
+        mask = labels == rule.label
+        if not mask.any():
+            continue
+        box = bounding_box(mask, 1)
+        band = ndimage.binary_dilation(mask[box], face) & (labels[box] == rule.host)
+        out[box][band] = (number << LABEL_BITS) | rule.host
     return out
 
 

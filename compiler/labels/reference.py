@@ -60,6 +60,16 @@ from compiler.labels.table import VALUE
 
 log = logging.getLogger(__name__)
 
+# what the labels mean, written into every manifest the compiler writes (provenance.label_conventions)
+CONVENTIONS = {
+    "lungs": "each lung to its outer edge as clinical contours draw it in a lung window (RTOG 1106 atlas, Kong "
+             "et al., IJROBP 2011;81:1442): aerated lung, collapsed and partly aerated lung and the small "
+             "vessels beyond the hilum, and its partial-volume shell (body voxels under -100 HU within 2 mm); "
+             "not the trachea and main bronchi, the hilar vessels outside the lung or the tumour",
+    "bone": "the whole bone, cortex and marrow, ribs included, to its outer cortical surface (its edge: body "
+            "voxels of 150 HU or more within 1.5 mm, contrast-filled vessels excluded)",
+}
+
 RULE_CLASSES = frozenset({0, 1, 2, 3, 4, 5})
 CORTEX_HU = 250.0  # dense enough to be cortex (or contrast: the island and vessel tests sort that out)
 MARROW_HOLE_MAX_MM2 = 2500.0  # a lumbar vertebral body's cross-section; the inside of a skull is larger
