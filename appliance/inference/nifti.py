@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dicom_node.derived import EXPERIMENTAL_LABEL_SUFFIX
+
 if TYPE_CHECKING:  # the display module imports this one; it needs no bundle
     from appliance.inference.bundle import Label
 
-EXPERIMENTAL_NAME_SUFFIX = " (experimental)"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -34,7 +35,7 @@ def labels_json_path(out: Path) -> Path:
 def label_names(table: Sequence[Label], include_experimental: bool) -> dict[int, str]:
     """The OUT.labels.json mapping (module docstring): the validated classes, plus the experimental ones
     marked as such where they were included."""
-    return {lab.value: lab.name + (EXPERIMENTAL_NAME_SUFFIX if lab.experimental else "")
+    return {lab.value: lab.name + (EXPERIMENTAL_LABEL_SUFFIX if lab.experimental else "")
             for lab in table if include_experimental or not lab.experimental}
 
 
