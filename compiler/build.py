@@ -176,8 +176,9 @@ SMOKE = Budget(
 # beside its lumen and the patient's one piece kept before islands are counted, the lungs' false islands
 # (specks in bowel gas) removed before the lung bases are found, bowel-gas airway dropped before the
 # airway's island is chosen, the lumen filled from the chosen airway, bone judged by its surface before it
-# takes its partial-volume edge, the lungs grown through enclosed air before they take theirs. The keep_single_structures steps keep those of their labels that
-# are one structure in the mode (`Budget.single_component`, `chest_postprocess`).
+# takes its partial-volume edge, the lungs grown through enclosed air before they take theirs. The
+# keep_single_structures and keep_airway_tree steps keep those of their labels that are one structure in the
+# mode (`Budget.single_component`, `chest_postprocess`).
 CHEST_POSTPROCESS: tuple[dict[str, str | list[str]], ...] = (
     {"step": "confine_experimental", "host": "body", "bone": "bone"},
     {"step": "airway_is_air", "airway": "airway", "host": "body"},
@@ -185,7 +186,7 @@ CHEST_POSTPROCESS: tuple[dict[str, str | list[str]], ...] = (
     {"step": "keep_patient"},
     {"step": "keep_single_structures", "labels": ["lung_left", "lung_right", "heart", "aorta", "liver"]},
     {"step": "drop_implausible_airway", "airway": "airway", "lungs": ["lung_left", "lung_right"]},
-    {"step": "keep_single_structures", "labels": ["airway"]},
+    {"step": "keep_airway_tree", "airway": "airway"},
     {"step": "fill_airway_lumen", "airway": "airway"},
     {"step": "extend_airway_through_air", "airway": "airway", "hosts": ["body", "lung_left", "lung_right"]},
     {"step": "drop_bone_outside_patient", "bone": "bone"},
@@ -213,7 +214,8 @@ def chest_source_edges() -> list[SourceEdge]:
 
 def chest_postprocess(single: tuple[str, ...]) -> list[PostprocessStep]:
     """CHEST_POSTPROCESS for a mode whose one-structure labels are `single`: each keep_single_structures
-    step keeps those of `single` it lists, in `single`'s order, and is left out if none."""
+    step keeps those of `single` it lists, in `single`'s order, and is left out if none; keep_airway_tree
+    only if the airway is one of them."""
     chain: list[PostprocessStep] = []
     covered: set[str] = set()
     for entry in CHEST_POSTPROCESS:
@@ -223,10 +225,14 @@ def chest_postprocess(single: tuple[str, ...]) -> list[PostprocessStep]:
             if not names:
                 continue
             entry = entry | {"labels": names}
+        elif entry["step"] == "keep_airway_tree":
+            if entry["airway"] not in single:
+                continue
+            covered.add(str(entry["airway"]))
         chain.append(PostprocessStep.model_validate(entry))
     if set(single) - covered:
-        raise ValueError(f"single_component {sorted(set(single) - covered)}: no keep_single_structures step of "
-                         "CHEST_POSTPROCESS lists them")
+        raise ValueError(f"single_component {sorted(set(single) - covered)}: no keep_single_structures or "
+                         "keep_airway_tree step of CHEST_POSTPROCESS lists them")
     return chain
 
 

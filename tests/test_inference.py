@@ -30,6 +30,7 @@ from appliance.inference.postprocess import (
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
+    keep_airway_tree,
     keep_largest_components,
     keep_patient,
     keep_single_structures,
@@ -138,7 +139,7 @@ def test_airway_keeps_the_island_of_pure_air_over_a_larger_island_of_lung_densit
     labels[1:11, 13:16, 14:16] = 5  # trachea: 60 voxels of pure air
     hu[1:11, 13:16, 14:16] = -1000.0
     labels[3:8, 8:12, 5:9] = 5  # a false airway blob in the lung: 80 voxels at lung density
-    out = keep_single_structures(labels.copy(), hu, {"lung_left": 3, "airway": 5})
+    out = keep_airway_tree(keep_single_structures(labels.copy(), [3]), hu, airway=5)
     assert (out[1:11, 13:16, 14:16] == 5).all() and (out == 5).sum() == 60
     assert (out[3:8, 8:12, 5:9] == 3).all()  # the blob went back to lung
     assert (keep_largest_components(labels.copy(), [5])[3:8, 8:12, 5:9] == 5).all()  # by voxels it would win

@@ -40,6 +40,7 @@ from appliance.inference.postprocess import (
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
+    keep_airway_tree,
     keep_patient,
     keep_single_structures,
     lung_edge,
@@ -68,10 +69,10 @@ def _chest_chain_by_hand(labels, probs, hu, enclosed, table, single, spacing) ->
     airway_is_air(labels, hu, value["airway"], value["body"])
     airway_beside_lumen(labels, hu, value["airway"])
     keep_patient(labels)
-    single_values = {name: value[name] for name in single if name in value}
-    keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k != "airway"})
+    keep_single_structures(labels, [value[name] for name in single if name in value and name != "airway"])
     drop_implausible_airway(labels, hu, value["airway"], (value["lung_left"], value["lung_right"]))
-    keep_single_structures(labels, hu, {k: v for k, v in single_values.items() if k == "airway"})
+    if "airway" in single:
+        keep_airway_tree(labels, hu, value["airway"])
     fill_airway_lumen(labels, enclosed, value["airway"])
     extend_airway_through_air(labels, hu, value["airway"], (value["body"], value["lung_left"], value["lung_right"]),
                               spacing)
@@ -135,8 +136,9 @@ def test_build_writes_the_chain_the_shipped_manifest_carries(chest):
     for spec in chest.manifest.modes.values():
         assert chest_postprocess(tuple(spec.keep_largest_component)) == spec.postprocess
     smoke = chest_postprocess(SMOKE.single_component["preview"])
-    assert [s.args for s in smoke if s.step == "keep_single_structures"] == [{"labels": ["lung_left", "lung_right"]},
-                                                                              {"labels": ["airway"]}]
+    assert [(s.step, s.args) for s in smoke if s.step.startswith("keep_")] == [
+        ("keep_patient", {}), ("keep_single_structures", {"labels": ["lung_left", "lung_right"]}),
+        ("keep_airway_tree", {"airway": "airway"})]
 
 
 # a bundle of other labels

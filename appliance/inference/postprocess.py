@@ -23,8 +23,8 @@ there 0.709 -> 0.750 in full mode, the held-out chest unchanged at 0.906).
 A lung, the airway tree, the heart, the aorta and the liver are each one connected piece of anatomy, so
 a second, detached island of the same label is a false positive (measured on the held-out chest: the
 network's airway had 420 islands, most of them specks in the lung, and keeping the largest one raised
-airway Dice from 0.51 to 0.85). Which labels it applies to is part of each operating point (the
-manifest mode's `keep_largest_component`), as nnU-Net decides it per class and configuration.
+airway Dice from 0.51 to 0.85). Which labels it applies to is part of each operating point (the labels
+of the manifest mode's keep_single_structures steps), as nnU-Net decides it per class and configuration.
 
 "Largest" is counted in voxels, except for the airway, where it is counted in pure air (below -950 HU):
 the trachea's lumen is pure air, aerated lung is not (-850 HU on average), and at 3 mm the preview
@@ -212,11 +212,16 @@ def _islands_and_rings(comp: np.ndarray, which: Iterable[int]):
         yield grown, island, ndimage.binary_dilation(island, structure=_FULLY_CONNECTED) & ~island
 
 
-def keep_single_structures(labels: np.ndarray, hu: np.ndarray, structures: dict[str, int]) -> np.ndarray:
-    """One component of each named structure (name -> label value), the airway's chosen by its pure air;
-    `hu` on the same grid as `labels`. Modifies `labels` in place and returns it."""
-    within = {v: hu < PURE_AIR_HU for name, v in structures.items() if name == "airway"}
-    return keep_largest_components(labels, structures.values(), within)
+def keep_single_structures(labels: np.ndarray, structures: Iterable[int]) -> np.ndarray:
+    """One component, the largest, of each label value in `structures`. Modifies `labels` in place and
+    returns it."""
+    return keep_largest_components(labels, structures)
+
+
+def keep_airway_tree(labels: np.ndarray, hu: np.ndarray, airway: int) -> np.ndarray:
+    """The airway's one component, the island holding the most pure air (module docstring); `hu` on the
+    same grid as `labels`. Modifies `labels` in place and returns it."""
+    return keep_largest_components(labels, [airway], {airway: hu < PURE_AIR_HU})
 
 
 def keep_largest_components(labels: np.ndarray, values: Iterable[int],

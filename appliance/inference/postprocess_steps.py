@@ -29,9 +29,8 @@ A mode without `postprocess` (a manifest written before the chain was data) is n
 labels are the network's argmax, and `load_bundle` says so in one warning per mode. An empty list means
 the same, chosen, without the warning. The compiler writes the chest chain (`CHEST_POSTPROCESS` in
 `compiler/build.py`). Which labels keep only their largest component is the `labels` of the mode's
-keep_single_structures steps; the mode's `keep_largest_component` is the compiler's record of the same
-labels, not read here. (`postprocess.keep_single_structures` itself counts the island of a label named
-"airway" in pure air.)
+keep_single_structures and keep_airway_tree steps; the mode's `keep_largest_component` is the compiler's
+record of the same labels, not read here.
 
 Adding a step: the pure function goes into `postprocess.py`, its adapter here, e.g.
 
@@ -68,6 +67,7 @@ from appliance.inference.postprocess import (
     fill_airway_lumen,
     fill_bone_marrow,
     grow_lungs_into_air,
+    keep_airway_tree,
     keep_patient,
     keep_single_structures,
     lung_edge,
@@ -212,9 +212,14 @@ def _keep_patient(ctx: PostprocessContext) -> None:
 
 @register("keep_single_structures")
 def _keep_single_structures(ctx: PostprocessContext, *, labels: LabelValues) -> None:
-    """The largest component of each of `labels`, in the order listed (postprocess.py counts the one named
-    "airway" in pure air)."""
-    keep_single_structures(ctx.labels, ctx.hu, {ctx.name_of(v): v for v in labels})
+    """The largest component of each of `labels`."""
+    keep_single_structures(ctx.labels, labels)
+
+
+@register("keep_airway_tree")
+def _keep_airway_tree(ctx: PostprocessContext, *, airway: LabelValue) -> None:
+    """The airway's island with the most pure air."""
+    keep_airway_tree(ctx.labels, ctx.hu, airway)
 
 
 @register("drop_implausible_airway")
