@@ -164,12 +164,18 @@ def held_back(labels: np.ndarray, table: Sequence[Label], include_experimental: 
     inside the patient, so mapping them to background would cut holes in the body; every consumer (SEG,
     meshes, display, volumes, the NIfTI of `isonode segment`) reads the labels through this function.
     Returns `labels` itself when nothing is held back, else a new array."""
-    experimental = [lab.value for lab in table if lab.experimental]
-    if include_experimental or not experimental:
+    if include_experimental or not any(lab.experimental for lab in table):
         return labels
+    return held_back_lut(table, include_experimental)[labels]
+
+
+def held_back_lut(table: Sequence[Label], include_experimental: bool) -> np.ndarray:
+    """`held_back` as a 256-entry lookup table (uint8 label value -> value shown), for composing with
+    another mapping of label values before one pass over a large label map."""
     lut = np.arange(256, dtype=np.uint8)
-    lut[experimental] = host_value(table)
-    return lut[labels]
+    if not include_experimental:
+        lut[[lab.value for lab in table if lab.experimental]] = host_value(table)
+    return lut
 
 
 def shown_result(result: SegmentationResult, include_experimental: bool) -> SegmentationResult:
@@ -260,11 +266,12 @@ def encode_results(series_input: SeriesInput, result: SegmentationResult, meshes
     if plan.seg:
         t = time.perf_counter()
         volume = series_input.volume
-        on_ct = held_back(result.labels_on(grid_of(volume.array, volume.affine), volume.array), bundle.manifest.labels,
-                          plan.experimental_segments)  # held back: body, never a hole in it
-        keep = np.zeros(256, dtype=np.uint8)
-        keep[[s.label_value for s in segments]] = [s.label_value for s in segments]
-        on_ct = keep[on_ct]  # a class without a surface (specks only) is not described: background
+        described = np.zeros(256, dtype=np.uint8)
+        described[[s.label_value for s in segments]] = [s.label_value for s in segments]
+        # one pass over the CT grid: a held-back class is body, never a hole in it; a class without a
+        # surface (specks only) is not described: background
+        shown = described[held_back_lut(bundle.manifest.labels, plan.experimental_segments)]
+        on_ct = shown[result.labels_on(grid_of(volume.array, volume.affine), volume.array)]
         present = set(np.flatnonzero(label_counts(on_ct)).tolist())
         seg_segments = [replace(s, number=i + 1)  # renumbered: a segment too thin for the CT grid is gone
                         for i, s in enumerate(s for s in segments if s.label_value in present)]

@@ -77,3 +77,13 @@ def test_the_shipped_bundle_redraws_bone_and_lung_edges_and_a_bad_rule_is_refuse
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="mode full source_edges 0: label 'kidney'"):
         load_bundle(bad, verify=False)
+
+
+def test_a_bundle_whose_label_values_do_not_fit_beside_the_band_is_refused_at_load(tmp_path):
+    bad = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["labels"][-1]["value"] = 40
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="source_edges: label 'liver' has a value of 32 or more"):
+        load_bundle(bad, verify=False)

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.inference.postprocess_steps import StepError, resolve
+from appliance.inference.source_grid import LABEL_BITS as EDGE_LABEL_BITS
 from appliance.inference.source_grid import MAX_RULES as MAX_EDGE_RULES
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,10 @@ def load_bundle(root: Path | str, *, verify: bool = True) -> ModelBundle:
         if len(spec.source_edges) > MAX_EDGE_RULES:
             raise BundleError(f"model bundle {root}: {MANIFEST} mode {mode} source_edges: at most "
                               f"{MAX_EDGE_RULES} rules")
+        too_high = [lab.name for lab in manifest.labels if lab.value >= 1 << EDGE_LABEL_BITS]
+        if spec.source_edges and too_high:
+            raise BundleError(f"model bundle {root}: {MANIFEST} mode {mode} source_edges: label {too_high[0]!r} "
+                              f"has a value of {1 << EDGE_LABEL_BITS} or more, which edge refinement cannot carry")
     if verify:
         for fname, expected in manifest.files.items():
             fpath = root / fname

@@ -2,8 +2,8 @@
 sliding window, argmax, the mode's post-processing chain as its manifest lists it
 (`appliance.inference.postprocess_steps`; the chest bundle's: experimental organs confined to soft tissue,
 one component of single-structure organs, an airway of air above the lungs with its lumen, bone marrow, no
-bone without cortex, lungs and bone to the outer edge of their partial-volume shell); the result lives on the model grid with its
-affine (`SegmentationResult`)."""
+bone without cortex, lungs and bone to the outer edge of their partial-volume shell); the result lives on
+the model grid with its affine (`SegmentationResult`)."""
 
 from __future__ import annotations
 
